@@ -162,7 +162,6 @@ def cmd_sweep(args) -> int:
 def cmd_check(args) -> int:
     from compress import api
     from compress.recipe import FidelityConfig
-    from compress.report import print_summary
 
     if not args.model:
         raise CompressError("check: --reference is required (the original checkpoint or a built-in name)")
@@ -178,6 +177,8 @@ def cmd_check(args) -> int:
               "original": result.original_metrics, "compressed": result.compressed_metrics, "notes": []}
     if out is not None:
         _write_check_report(out, args.force, report, result, adapter, args)
+    from compress.report import print_summary
+
     print_summary(report)
     return _fidelity_exit(report["fidelity"], out)
 

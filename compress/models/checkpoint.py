@@ -20,12 +20,12 @@ def read_checkpoint(path, trust: bool = False):
     try:
         return torch.load(p, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
-        if trust:
+        if trust or "Unsupported global" not in str(e):
             raise ModelLoadError(f"{p}: not a readable checkpoint ({_first_line(e)})") from e
         raise ModelLoadError(
             f"{p}: refusing to unpickle: the file holds Python objects beyond tensors and plain "
             "containers, and loading them can run arbitrary code. If you trust where it came from, "
-            "rerun with --trust-checkpoint") from e
+            f"rerun with --trust-checkpoint (first object refused: {_global_name(e)})") from e
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ModuleNotFoundError) as e:
         raise ModelLoadError(f"{p}: not a readable checkpoint ({_first_line(e)})") from e
 
@@ -33,3 +33,10 @@ def read_checkpoint(path, trust: bool = False):
 def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return text[0][:200] if text else type(e).__name__
+
+
+def _global_name(e: Exception) -> str:
+    import re
+
+    m = re.search(r"GLOBAL (\S+)", str(e))
+    return m.group(1) if m else "unknown"
