@@ -15,6 +15,7 @@ __all__ = ["Pass", "PassConfig", "register", "registered", "get_pass", "load_bui
 
 _BUILTIN = [
     # filled in as pass modules land, e.g. "compress.passes.prune_structured"
+    "compress.passes.finetune",
 ]
 
 
