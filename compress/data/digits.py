@@ -70,7 +70,7 @@ def split_indices(split: str) -> np.ndarray:
 
 def upscale(digit: np.ndarray, size: int) -> np.ndarray:
     """An 8x8 float digit in [0, 1] -> (size, size) float32 in [0, 1], bicubic."""
-    im = Image.fromarray(np.asarray(digit, np.float32), "F").resize((size, size), Image.BICUBIC)
+    im = Image.fromarray(np.asarray(digit, np.float32)).resize((size, size), Image.BICUBIC)
     return np.clip(np.asarray(im, np.float32), 0.0, 1.0)
 
 

@@ -51,7 +51,7 @@ def _hires_masks() -> np.ndarray:
     from scipy.ndimage import gaussian_filter
 
     images, _ = load_raw()
-    up = np.stack([np.asarray(Image.fromarray(d, "F").resize((_HIRES, _HIRES), Image.BICUBIC)) for d in images])
+    up = np.stack([np.asarray(Image.fromarray(d).resize((_HIRES, _HIRES), Image.BICUBIC)) for d in images])
     up = gaussian_filter(up.astype(np.float32), sigma=(0, _HIRES / 32, _HIRES / 32))
     out = np.clip(up / np.maximum(up.max(axis=(1, 2), keepdims=True), 1e-6), 0.0, 1.0).astype(np.float32)
     out.setflags(write=False)
@@ -170,7 +170,7 @@ class DigitsDetGenerator:
 
     def _digit_alpha(self, did: int, rng: np.random.Generator) -> np.ndarray:
         """The digit's alpha, cropped to its ink, at a random size, slant and aspect."""
-        im = Image.fromarray(self._masks[did], "F")
+        im = Image.fromarray(self._masks[did])
         angle = rng.uniform(-12.0, 12.0)
         if abs(angle) > 0.5:
             im = im.rotate(angle, Image.BICUBIC, expand=True)
@@ -182,7 +182,7 @@ class DigitsDetGenerator:
         ink_w = ink_h * (m.shape[1] / m.shape[0]) * rng.uniform(0.8, 1.25)
         w = int(np.clip(round(ink_w), 3, self.imgsz // 2))
         h = int(np.clip(round(ink_h), 3, self.imgsz // 2))
-        r = np.asarray(Image.fromarray(m, "F").resize((w, h), Image.BILINEAR), np.float32)
+        r = np.asarray(Image.fromarray(m).resize((w, h), Image.BILINEAR), np.float32)
         alpha = np.clip((r - _ALPHA_LO) / (_ALPHA_HI - _ALPHA_LO), 0.0, 1.0)
         box = _tight(alpha > 0)
         if box is None:  # cannot happen for real digits; keep a visible blob rather than fail

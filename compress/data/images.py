@@ -37,11 +37,11 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im, dtype=np.float64)
         top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        im = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        im = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
     elif im.mode == "F":
         arr = np.asarray(im, dtype=np.float64)
         scale = 255.0 if arr.max() <= 1.0 else 1.0
-        im = Image.fromarray(np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8), "L")
+        im = Image.fromarray(np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8))
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
@@ -80,7 +80,7 @@ def no_images_error(folder: Path, tried: int, skipped: list[tuple[str, str]]) ->
 
 def write_image(image: np.ndarray, path: Path, quality: int = 90) -> None:
     """Write RGB uint8 as JPEG (``quality``, no chroma subsampling) or PNG, by suffix."""
-    im = Image.fromarray(np.asarray(image, dtype=np.uint8), "RGB")
+    im = Image.fromarray(np.asarray(image, dtype=np.uint8))
     if path.suffix.lower() in (".jpg", ".jpeg"):
         im.save(path, quality=quality, subsampling=0, optimize=True)
     else:
