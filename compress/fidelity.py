@@ -33,6 +33,8 @@ _DETECT_CHECKS = [("min_agreement_map50", "agreement_map50", ">="),
                   ("min_matched_recall", "matched_recall", ">="),
                   ("max_score_drift", "score_drift", "<=")]
 _CLASSIFY_CHECKS = [("min_top1_agreement", "top1_agreement", ">=")]
+_DETECT_KEYS = ["agreement_map50", "agreement_map50_95", "matched_recall", "matched_precision", "score_drift"]
+_CLASSIFY_KEYS = ["top1_agreement", "logit_drift", "prob_drift"]
 
 
 class Predictions(NamedTuple):
@@ -74,16 +76,6 @@ def predict_torch(adapter: "Adapter", model: "nn.Module", images: list[np.ndarra
     return _finish(adapter, results)
 
 
-def _session(path: str | os.PathLike, threads: int):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads)
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
 def predict_onnx(adapter: "Adapter", onnx_path_or_session, images: list[np.ndarray], conf: float,
                  iou: float, batch: int = 32, threads: int = 2) -> Predictions:
     """Run an ONNX model in ONNX Runtime (CPU, ``threads`` intra-op threads) and decode it.
@@ -93,7 +85,9 @@ def predict_onnx(adapter: "Adapter", onnx_path_or_session, images: list[np.ndarr
     """
     sess = onnx_path_or_session
     if isinstance(sess, (str, os.PathLike)):
-        sess = _session(sess, threads)
+        from compress.runtime.session import make_session
+
+        sess = make_session(sess, threads=threads)
     inp = sess.get_inputs()[0]
     out_name = sess.get_outputs()[0].name
     fixed = inp.shape[0] if inp.shape and isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
@@ -137,12 +131,14 @@ class FidelityResult:
 
     def to_dict(self) -> dict:
         m = self.metrics
-        keys = ["agreement_map50", "agreement_map50_95", "matched_recall", "matched_precision", "score_drift",
-                "top1_agreement", "logit_drift", "prob_drift"]
-        d = {"task": self.task, **{k: m.get(k) for k in keys}, "lost_classes": list(self.lost_class_names),
-             "measurable": self.measurable, "reason": self.reason, "passed": self.passed,
-             "failures": list(self.failures), "thresholds": dict(self.thresholds), "images": self.images,
-             "collapsed": self.collapsed, "counts": dict(m.get("counts") or {}), "settings": dict(self.settings)}
+        if self.task == "classify":
+            d = {"task": self.task, **{k: m.get(k) for k in _CLASSIFY_KEYS}}
+        else:
+            d = {"task": self.task, **{k: m.get(k) for k in _DETECT_KEYS}, "lost_classes": list(self.lost_class_names)}
+        d.update({"measurable": self.measurable, "reason": self.reason, "passed": self.passed,
+                  "failures": list(self.failures), "thresholds": dict(self.thresholds), "images": self.images,
+                  "collapsed": self.collapsed, "counts": dict(m.get("counts") or {}),
+                  "settings": dict(self.settings)})
         delta = {k: self.compressed_metrics[k] - v for k, v in self.original_metrics.items()
                  if k != "reason" and v is not None and self.compressed_metrics.get(k) is not None}
         d["labelled_delta"] = delta or None
