@@ -128,10 +128,10 @@ def cmd_run(args) -> int:
     report = api.run(recipe, out, force=args.force, trust_checkpoint=args.trust_checkpoint, quiet=args.quiet,
                      threads=args.threads)
     report["recipe"]["source"] = args.recipe
-    from compress.report import print_summary
+    from compress.report import print_stage_table, print_summary
 
+    print_stage_table(report.get("stages", []))
     print_summary(report)
-    print(f"report: {out / 'report.md'}")
     return _fidelity_exit(report["fidelity"], out)
 
 
@@ -193,7 +193,7 @@ def _write_check_report(out, force, report, result, adapter, args) -> None:
     data = load_data(DataSource(path=args.data, samples=args.samples))
     with staged_dir(out, force) as tmp:
         n = min(4, len(data))
-        paths = save_overlays(tmp / "overlays", data.samples[:n], result.ref_dets[:n], result.cmp_dets[:n],
+        paths = save_overlays(tmp / "overlays", data.samples[:n], result.reference_detections[:n], result.compressed_detections[:n],
                               adapter.class_names, n=n)
         report["files"] = {"overlays": [str(Path(p).relative_to(tmp)) for p in paths]}
         write_report(tmp, report)

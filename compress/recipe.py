@@ -77,7 +77,7 @@ class FidelityConfig(_Strict):
     samples: int | None = Field(default=None, gt=0)  # validation images used (all when omitted)
     min_agreement_map50: float | None = Field(default=0.9, ge=0, le=1)
     min_agreement_map50_95: float | None = Field(default=None, ge=0, le=1)
-    min_matched_recall: float | None = Field(default=None, ge=0, le=1)
+    min_matched_recall: float | None = Field(default=0.8, ge=0, le=1)  # catches shrunken scores mAP cannot see
     max_score_drift: float | None = Field(default=None, ge=0, le=1)
     min_top1_agreement: float | None = Field(default=0.9, ge=0, le=1)  # classifiers
     overlays: int = Field(default=4, ge=0)

@@ -188,6 +188,7 @@ def _measure_and_check(recipe, ctx, reference, model, ref_onnx, final, stages, t
     t0 = time.perf_counter()
     result = check(adapter, reference, final, ctx.validation, recipe.fidelity, threads=n_threads)
     stages.append(Stage("fidelity", time.perf_counter() - t0, stages[-1].params, stages[-1].macs))
+    ctx.notes.extend(n for n in result.notes if n not in ctx.notes)
 
     x = adapter.example_input(1).numpy()
     t0 = time.perf_counter()
@@ -260,7 +261,7 @@ def _overlays(ctx: Context, result, out: Path, n: int) -> list[str]:
         return []
     from compress.report.overlay import save_overlays
 
-    paths = save_overlays(out / "overlays", ctx.validation.samples[:n], result.ref_dets[:n], result.cmp_dets[:n],
+    paths = save_overlays(out / "overlays", ctx.validation.samples[:n], result.reference_detections[:n], result.compressed_detections[:n],
                           ctx.adapter.class_names, n=n)
     return [str(Path(p).relative_to(out)) for p in paths]
 
