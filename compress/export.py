@@ -6,7 +6,8 @@ the requested opset (17) exactly and produces a clean static graph whose node na
 follow the torch module path (``/backbone/backbone.0/Conv``), which the per-layer
 profile relies on. The dynamo exporter cannot emit opset 17 (it starts at 18 and its
 down-conversion fails on ``ReduceMean``); pass ``dynamo=True`` through
-``**export_kwargs`` to use it anyway (then ask for ``opset >= 18``).
+``**export_kwargs`` to use it anyway (then ask for ``opset >= 18``); it is chosen
+automatically for opsets above 20, which the TorchScript exporter cannot emit.
 
 The input is fixed at batch 1 and named ``images``; the single output is ``output0``
 (the adapter's first output). ``compress.runtime.session.run`` splits larger batches.
@@ -28,6 +29,7 @@ from compress.errors import CompressError
 
 log = logging.getLogger("compress")
 
+_TORCHSCRIPT_MAX_OPSET = 20  # newer opsets go through the dynamo exporter
 INPUT_NAME = "images"
 OUTPUT_NAME = "output0"
 PREPROCESS = {"detect": "letterbox rgb /255 nchw", "classify": "resize rgb /255 nchw"}
@@ -49,8 +51,9 @@ def export_onnx(model: nn.Module, adapter, path: str | os.PathLike, *, opset: in
                 metadata: dict[str, Any] | None = None, **export_kwargs) -> Path:
     """Export ``model`` to ``path`` (written atomically) and return the path.
 
-    Steps: ``torch.onnx.export`` of ``adapter.example_input(1)`` in eval mode (the
-    model's previous train/eval flags are restored), onnxsim (on failure the
+    Steps: ``torch.onnx.export`` of ``adapter.example_input(1)`` in eval mode with
+    fake-quant observers paused (train/eval flags and observer switches are restored
+    afterwards; QAT models export as QuantizeLinear/DequantizeLinear), onnxsim (on failure the
     unsimplified graph is kept, a warning logged and ``simplified=false`` recorded),
     ``onnx.checker.check_model(full_check=True)``, then metadata_props:
     ``adapter.metadata()``, ``preprocess``, ``compress_version``, ``recipe_hash``,
@@ -85,20 +88,27 @@ def _torch_export(model: nn.Module, adapter, opset: int, export_kwargs: dict):
     import onnx
 
     modes = {m: m.training for m in model.modules()}
+    # fake-quant observers (QAT) must not record the export's dummy input, nor be traced
+    observers = {m: m.observer_enabled.clone() for m in model.modules()
+                 if isinstance(getattr(m, "observer_enabled", None), torch.Tensor)}
     param = next(model.parameters(), None)
     x = adapter.example_input(1)
     if param is not None:
         x = x.to(param.device)
     buf = io.BytesIO()
     kwargs = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "opset_version": opset,
-              "dynamo": False, "do_constant_folding": True, **export_kwargs}
+              "dynamo": opset > _TORCHSCRIPT_MAX_OPSET, **export_kwargs}
+    if not kwargs["dynamo"]:
+        kwargs.setdefault("do_constant_folding", True)
     try:
         model.eval()
+        for m in observers:
+            m.observer_enabled.fill_(0)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
             warnings.filterwarnings("ignore", message=".*feature will be removed.*")
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            result = torch.onnx.export(_FirstOutput(model, adapter), (x,), buf, **kwargs)
+            result = torch.onnx.export(_FirstOutput(model, adapter).eval(), (x,), buf, **kwargs)
     except CompressError:
         raise
     except Exception as e:
@@ -106,6 +116,8 @@ def _torch_export(model: nn.Module, adapter, opset: int, export_kwargs: dict):
     finally:
         for m, training in modes.items():
             m.train(training)
+        for m, enabled in observers.items():
+            m.observer_enabled.copy_(enabled)
     if result is not None and buf.tell() == 0:  # the dynamo exporter returns an ONNXProgram
         proto = result.model_proto
     else:

@@ -188,3 +188,20 @@ def test_staged_dir_success_error_and_force(tmp_path):
         (tmp / "b.txt").write_text("2")
     assert sorted(x.name for x in final.iterdir()) == ["b.txt"]
     assert sorted(x.name for x in tmp_path.iterdir()) == ["run"]
+
+
+def test_export_fake_quant_model_pauses_observers(tmp_path):
+    from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver
+
+    def fq():
+        return FakeQuantize(MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(fq(), nn.Conv2d(3, 4, 3), fq()).train()
+    model(torch.rand(2, 3, 32, 32))  # calibrate the observers once
+    scale = model[2].scale.clone()
+    path = export_onnx(model, TinyAdapter(["a"], 32), tmp_path / "q.onnx")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("QuantizeLinear") == 2 and ops.count("DequantizeLinear") == 2
+    assert torch.equal(model[2].scale, scale)  # the zeros example input was not observed
+    assert model.training and int(model[0].observer_enabled) == 1  # switches restored

@@ -167,6 +167,8 @@ def test_module_of_follows_torch_scope_names():
     assert module_of("/model/model.2/model.2.0/conv/Conv", names) == "model.2.0.conv"
     assert module_of("/model/model.2/model.2.0/conv/Conv_output_0_nchwc", names) == "model.2.0.conv"
     assert module_of("/head/Mul/QuickGeluFusion/", names) == "head"
+    heads = {"heads", "heads.0", "heads.0.cls", "heads.0.cls.0", "heads.0.cls.0.conv", "cls"}
+    assert module_of("/heads.0/cls/cls.0/conv/Conv", heads) == "heads.0.cls.0.conv"
     assert module_of("/Concat", names) is None and module_of("ReorderOutput", names) is None
 
 

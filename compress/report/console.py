@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from compress.report.fmt import fidelity_rows, fmt, fmt_big, metric_rows, verdict
+from compress.report.fmt import fidelity_rows, fmt, fmt_big, human, is_number, metric_rows, verdict
 
 
 def _console(console):
@@ -73,12 +73,13 @@ def print_profile(rows: list[dict], console=None, top: int | None = None) -> Non
         rows = sorted(rows, key=lambda r: -(r.get("latency_ms") or 0.0))
     rows = rows[:top] if top else rows
     t = Table(title="Per-layer profile", title_justify="left")
-    t.add_column("layer")
-    t.add_column("type")
+    t.add_column("layer", no_wrap=True)
+    t.add_column("type", no_wrap=True)
     for col in ("params", "MACs") + (("latency ms", "share") if timed else ()):
         t.add_column(col, justify="right")
     for r in rows:
-        cells = [str(r.get("name")), str(r.get("type")), fmt_big(r.get("params")), fmt_big(r.get("macs"))]
+        cells = [str(r.get("name")), str(r.get("type"))]
+        cells += [human(r[k]) if is_number(r.get(k)) else "-" for k in ("params", "macs")]
         if timed:
             share = r.get("latency_share")
             cells += [fmt(r.get("latency_ms")), f"{share:.1%}" if isinstance(share, float) else "-"]

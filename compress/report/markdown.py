@@ -114,7 +114,10 @@ def _data(report: dict) -> list[str]:
         rows.append([role, d.get("images"), d.get("labelled"), len(sk) if isinstance(sk, list) else sk,
                      d.get("root") or d.get("source") or d.get("path")])
         for item in sk if isinstance(sk, list) else []:
-            path, why = (item.get("path"), item.get("reason")) if isinstance(item, dict) else (list(item) + ["", ""])[:2]
+            if isinstance(item, dict):
+                path, why = item.get("path"), item.get("reason")
+            else:
+                path, why = (list(item) + ["", ""])[:2]
             skipped.append(f"- `{path}`: {why}")
     if not rows:
         return []

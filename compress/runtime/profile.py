@@ -96,16 +96,18 @@ def onnx_node_times(onnx_path: str | os.PathLike, threads: int = 2, runs: int = 
 def module_of(node_name: str, module_names: set[str]) -> str | None:
     """The torch module an exported node belongs to, from its scope path, or None.
 
-    Scope parts are either an attribute name relative to the parent (``conv``) or,
-    for children of containers, the qualified name (``model.2.0``).
+    Each scope part names a child relative to an enclosing module: an attribute
+    (``conv``) or, inside containers, a dotted name relative to the container's
+    parent (``/heads.0/cls/cls.0/conv`` is ``heads.0.cls.0.conv``).
     """
     cur = ""
     for part in node_name.strip("/").split("/"):
-        cand = f"{cur}.{part}" if cur else part
-        if cand in module_names:
-            cur = cand
-        elif part in module_names and (not cur or part.startswith(cur + ".")):
-            cur = part
+        segments = cur.split(".") if cur else []
+        for k in range(len(segments), -1, -1):  # longest enclosing prefix first
+            cand = ".".join(segments[:k] + [part])
+            if cand in module_names and (not cur or cand.startswith(cur + ".")):
+                cur = cand
+                break
         else:
             break
     return cur or None

@@ -61,7 +61,7 @@ def run(session, x) -> np.ndarray:
     batch = _fixed_batch(session)
     if arr.ndim == 0 or batch is None or arr.shape[0] == batch:
         return session.run([out], {inp: arr})[0]
-    if arr.shape[0] % batch:
+    if arr.shape[0] == 0 or arr.shape[0] % batch:
         raise CompressError(f"input batch {arr.shape[0]} is not a multiple of the model's fixed batch {batch}")
     parts = [session.run([out], {inp: arr[i:i + batch]})[0] for i in range(0, arr.shape[0], batch)]
     return np.concatenate(parts, axis=0)
