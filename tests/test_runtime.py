@@ -185,4 +185,6 @@ def test_profile_model_with_onnx_latency(tmp_path):
     timed = [r for r in rows if r["latency_ms"] is not None]
     assert abs(sum(r["latency_share"] for r in timed) - 1.0) < 1e-6
     plain = profile_model(model, adapter)
+    auto = profile_model(model, adapter, threads=1, runs=2, latency=True)  # exports to a temp file itself
+    assert any(r["name"] == "fc" and r["latency_ms"] for r in auto)
     assert all(r["latency_ms"] is None for r in plain) and len(plain) == 4

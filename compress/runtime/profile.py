@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from compress.report.console import print_profile  # noqa: F401  (the CLI prints rows with it)
+
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
 
 
@@ -114,13 +116,21 @@ def module_of(node_name: str, module_names: set[str]) -> str | None:
 
 
 def profile_model(model: nn.Module, adapter, onnx_path: str | os.PathLike | None = None, threads: int = 2,
-                  runs: int = 5) -> list[dict]:
+                  runs: int = 5, latency: bool = False) -> list[dict]:
     """Per-layer rows ``{name, type, params, macs, output_shape, latency_ms, onnx_nodes}``.
 
     Without ``onnx_path`` only conv / linear layers are listed and ``latency_ms`` is
-    None. With it, every module (or scope-less node) that spent kernel time in ONNX
-    Runtime gets a row too, and ``latency_share`` is its fraction of the total.
+    None, unless ``latency`` is true: then the model is exported to a temporary ONNX
+    file first. With an ONNX model, every module (or scope-less node) that spent
+    kernel time in ONNX Runtime gets a row too, and ``latency_share`` is its fraction
+    of the total.
     """
+    if onnx_path is None and latency:
+        from compress.export import export_onnx
+
+        with tempfile.TemporaryDirectory(prefix="compress-profile-") as tmp:
+            path = export_onnx(model, adapter, Path(tmp) / "model.onnx")
+            return profile_model(model, adapter, path, threads=threads, runs=runs)
     rows = layer_costs(model, adapter)
     for r in rows:
         r.update(latency_ms=None, onnx_nodes=[])
