@@ -192,9 +192,11 @@ def _write_check_report(out, force, report, result, adapter, args) -> None:
 
     data = load_data(DataSource(path=args.data, samples=args.samples))
     with staged_dir(out, force) as tmp:
+        from compress.runner import overlay_items
+
         n = min(4, len(data))
-        paths = save_overlays(tmp / "overlays", data.samples[:n], result.reference_detections[:n], result.compressed_detections[:n],
-                              adapter.class_names, n=n)
+        ref, cmp = overlay_items(result, adapter)
+        paths = save_overlays(tmp / "overlays", data.samples[:n], ref[:n], cmp[:n], adapter.class_names, n=n)
         report["files"] = {"overlays": [str(Path(p).relative_to(tmp)) for p in paths]}
         write_report(tmp, report)
 
@@ -206,7 +208,7 @@ def cmd_profile(args) -> int:
 
     spec = ModelSpec(**_model_spec(args))
     adapter, model = load_model(spec, trust_checkpoint=args.trust_checkpoint)
-    rows = profile_model(model, adapter, threads=args.threads)
+    rows = profile_model(model, adapter, threads=args.threads, latency=True)
     print_profile(rows, top=args.top)
     return EXIT_OK
 

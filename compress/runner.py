@@ -261,9 +261,16 @@ def _overlays(ctx: Context, result, out: Path, n: int) -> list[str]:
         return []
     from compress.report.overlay import save_overlays
 
-    paths = save_overlays(out / "overlays", ctx.validation.samples[:n], result.reference_detections[:n], result.compressed_detections[:n],
-                          ctx.adapter.class_names, n=n)
+    ref, cmp = overlay_items(result, ctx.adapter)
+    paths = save_overlays(out / "overlays", ctx.validation.samples[:n], ref[:n], cmp[:n], ctx.adapter.class_names, n=n)
     return [str(Path(p).relative_to(out)) for p in paths]
+
+
+def overlay_items(result, adapter) -> tuple[list, list]:
+    """What the overlays draw: detections for detectors, class scores for classifiers."""
+    if adapter.task == "classify":
+        return list(result.reference_logits), list(result.compressed_logits)
+    return result.reference_detections, result.compressed_detections
 
 
 def _save_torch_model(adapter, model, path: Path, ctx: Context) -> None:
