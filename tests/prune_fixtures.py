@@ -39,16 +39,35 @@ class TinyDet(nn.Module):
         self.res = CBR(c, c, 3)
         self.down = CBR(c, 2 * c, 3, 2)  # /4
         self.branch = CBR(c, c, 3)
-        self.fuse = CBR(3 * c, 2 * c, 1)
+        self.fuse = CBR(2 * c, 2 * c, 1)
         self.head = nn.Conv2d(2 * c, 4 + nc, 1)
         self.stride = 4
+        self.split_free = False
+
+    def rewrite_split_free(self):
+        """Replace ``down`` + chunk by two half-width convs (exactly the same function)."""
+        c = self.down.conv.out_channels // 2
+        halves = []
+        for h in range(2):
+            cbr = CBR(self.down.conv.in_channels, c, 3, 2)
+            sl = slice(h * c, (h + 1) * c)
+            cbr.conv.weight.data.copy_(self.down.conv.weight.data[sl])
+            for k in ("weight", "bias", "running_mean", "running_var"):
+                getattr(cbr.bn, k).data.copy_(getattr(self.down.bn, k).data[sl])
+            halves.append(cbr)
+        self.down_a, self.down_b = halves
+        del self.down
+        self.split_free = True
+        return self
 
     def raw(self, x):
         x = self.stem(x)
         x = x + self.res(x)  # residual add
-        y = self.down(x)
-        a, b = y.chunk(2, 1)  # chunk / split
-        y = torch.cat([a, b, self.branch(b)], 1)  # concat
+        if self.split_free:
+            a, b = self.down_a(x), self.down_b(x)
+        else:
+            a, b = self.down(x).chunk(2, 1)  # chunk / split (torch-pruning 1.6 mis-tracks chunk -> cat)
+        y = torch.cat([a, self.branch(b)], 1)  # concat
         return self.head(self.fuse(y))
 
     def forward(self, x):
@@ -74,9 +93,14 @@ class TinyDetAdapter(Adapter):
     @classmethod
     def load(cls, spec, ckpt, trust_checkpoint):
         model = TinyDet()
+        if ckpt is not None and ckpt.get("split_free"):
+            model.rewrite_split_free()
         if ckpt is not None and "state_dict" in ckpt:
             model.load_state_dict(ckpt["state_dict"])
         return cls(), model
+
+    def checkpoint(self, model):
+        return {**super().checkpoint(model), "split_free": model.split_free}
 
     def preprocess(self, images):
         return preprocess_letterbox(images, self.imgsz)
@@ -86,6 +110,9 @@ class TinyDetAdapter(Adapter):
 
     def protected_layers(self, model):
         return [model.head]
+
+    def rewrite_for_pruning(self, model):
+        return model if model.split_free else model.rewrite_split_free().eval()
 
     def distill_outputs(self, model, x):
         return [model.raw(x)]

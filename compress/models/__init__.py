@@ -63,7 +63,12 @@ def load_model(spec: "ModelSpec", trust_checkpoint: bool = False) -> tuple["Adap
     else:
         ckpt = read_checkpoint(spec.checkpoint, trust_checkpoint)
         name = spec.adapter or _guess_adapter(ckpt, spec)
-        adapter, model = adapter_class(name).load(spec, ckpt, trust_checkpoint)
+        from compress.models import serialize
+
+        if isinstance(ckpt, dict) and serialize.KEY in ckpt:  # a pruned model: base, then pruned shapes
+            adapter, model = serialize.load_pruned(adapter_class(name), spec, ckpt, trust_checkpoint)
+        else:
+            adapter, model = adapter_class(name).load(spec, ckpt, trust_checkpoint)
     return adapter, model.eval()
 
 

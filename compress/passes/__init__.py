@@ -16,6 +16,9 @@ __all__ = ["Pass", "PassConfig", "register", "registered", "get_pass", "load_bui
 _BUILTIN = [
     # filled in as pass modules land, e.g. "compress.passes.prune_structured"
     "compress.passes.finetune",
+    "compress.passes.prune_unstructured",
+    "compress.passes.prune_structured",
+    "compress.passes.quantize_ptq",
 ]
 
 

@@ -1,0 +1,177 @@
+"""``prune.structured``: remove whole channels (filters), so the model gets smaller and faster.
+
+The surgery is torch-pruning's dependency graph (``compress.pruning.surgery``); this pass
+chooses what to remove. Criteria: ``l1`` / ``l2`` filter norms, ``fmap_cluster``
+(K-means++ clustering of feature-map statistics, see ``compress.pruning.importance``) and
+``random`` (a control). ``scope: global`` ranks channels of all layers together.
+
+``steps: N`` reaches ``ratio`` over N rounds on a linear schedule, each round followed by
+the ``finetune`` config (if given); ``steps: 1`` without ``finetune`` is one-shot pruning.
+The adapter's ``rewrite_for_pruning`` runs first and its ``protected_layers`` (detection
+head outputs, a classifier's last layer) always keep their channels.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from compress.errors import PassError
+from compress.passes.base import Pass, PassConfig, register
+from compress.passes.finetune import FinetuneConfig
+
+Ratio = Annotated[float, Field(gt=0, lt=1)]
+
+
+@register("prune.structured")
+class StructuredPrune(Pass):
+    """Channel pruning with torch-pruning; optional iterative schedule with fine-tuning."""
+
+    class Config(PassConfig):
+        criterion: Literal["l1", "l2", "fmap_cluster", "random"] = "l2"
+        ratio: Ratio  # fraction of channels removed from every prunable layer (or overall, for global)
+        scope: Literal["local", "global"] = "local"
+        layer_ratios: dict[str, Ratio] = {}  # name | re:pattern | type -> ratio, overriding ``ratio``
+        max_layer_ratio: float = Field(default=1.0, gt=0, le=1)  # no layer loses more than this
+        round_to: int | None = Field(default=8, ge=1)  # kept widths are multiples (and at least this)
+        ignore: list[str] = []  # names, re: patterns or module type names never pruned
+        steps: int = Field(default=1, ge=1)  # rounds of prune (+ finetune) to reach ``ratio``
+        finetune: FinetuneConfig | None = None  # run after every round
+        calib_samples: int = Field(default=64, ge=1)  # images for fmap_cluster statistics
+        conf: float = Field(default=0.25, gt=0, lt=1)  # fmap_cluster without labels: detection threshold
+        n_init: int = Field(default=10, ge=1)  # fmap_cluster: KMeans restarts
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._boxes = None  # fmap_cluster boxes found during check (reused by apply)
+
+    # -- checks ---------------------------------------------------------------------------
+    def _resolve(self, model, ctx):
+        """(ignored modules, {module: ratio}) from the config; PassError for unmatched patterns."""
+        from torch import nn
+
+        from compress.pruning.targets import select_all
+
+        prunable = (nn.modules.conv._ConvNd, nn.Linear)
+        ignored = [m for _, m in select_all(model, self.config.ignore, (nn.Module,), self.label, "layer")]
+        ignored += list(ctx.adapter.protected_layers(model))
+        ratios = {}
+        for pattern, r in self.config.layer_ratios.items():
+            for _, m in select_all(model, [pattern], prunable, f"{self.label}: layer_ratios", "prunable layer"):
+                ratios[m] = r
+        return ignored, ratios
+
+    def _fmap_data(self, ctx):
+        from compress.pruning.fmap import find_boxes
+
+        data = ctx.require_calibration(f"{self.label} (criterion fmap_cluster)").head(self.config.calib_samples)
+        images = [s.image for s in data]
+        labelled = None
+        if ctx.adapter.task == "detect" and data.has_labels and all(s.boxes is not None for s in data):
+            labelled = [s.boxes for s in data]
+        return images, find_boxes(ctx, images, labelled, self.label, conf=self.config.conf)
+
+    def check(self, model, ctx):
+        import copy
+
+        cfg = self.config
+        if cfg.finetune is not None:
+            from compress.passes.finetune import check_finetune
+
+            check_finetune(ctx, cfg.finetune, f"{self.label}.finetune")
+        if cfg.criterion == "fmap_cluster":
+            self._boxes = self._fmap_data(ctx)
+        # dry run on a copy: traces the graph, resolves patterns, and refuses a ratio that
+        # would empty a layer (exact for local scope; global depends on the importances)
+        trial = ctx.adapter.rewrite_for_pruning(copy.deepcopy(model))
+        criterion = "l2" if cfg.criterion == "fmap_cluster" else cfg.criterion
+        pruner = self._pruner(trial, ctx, criterion, steps=1)
+        from compress.pruning.surgery import next_groups
+
+        if not next_groups(pruner, self.label, f" at ratio {cfg.ratio}"):
+            raise PassError(f"{self.label}: nothing to prune at ratio {cfg.ratio} (every layer is ignored, "
+                            f"protected or too narrow for round_to {cfg.round_to})")
+
+    # -- work -----------------------------------------------------------------------------
+    def _pruner(self, model, ctx, criterion, steps, plan_holder=None):
+        from compress.pruning.importance import make_importance
+        from compress.pruning.surgery import build_pruner
+
+        cfg = self.config
+        ignored, ratios = self._resolve(model, ctx)
+        holder = {}
+        imp = make_importance(criterion, plan=lambda m: holder["plan"](m), seed=ctx.seed, n_init=cfg.n_init)
+        pruner = build_pruner(model, ctx.adapter.example_input(1), imp, ratio=cfg.ratio,
+                              global_scope=cfg.scope == "global", steps=steps, layer_ratios=ratios,
+                              max_layer_ratio=cfg.max_layer_ratio, round_to=cfg.round_to, ignored=ignored)
+        holder["plan"] = lambda m: (pruner.layer_init_out_ch.get(m, 0), pruner.get_target_pruning_ratio(m))
+        return pruner
+
+    def _refresh_stats(self, pruner, model, ctx):
+        from compress.pruning.fmap import collect_stats, feature_map_module
+
+        images, source = self._boxes
+        roots = [g[0].dep.target.module for g in
+                 pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                          root_module_types=pruner.root_module_types)]
+        layers = {m: feature_map_module(pruner.DG, m) for m in roots}
+        pruner.importance.stats = collect_stats(model, layers, images, source, ctx.adapter)
+
+    def apply(self, model, ctx):
+        import torch
+
+        from compress.metrics.size import count_macs, count_params
+        from compress.passes.finetune import run_finetune
+        from compress.pruning.surgery import channel_changes, next_groups, out_channels
+
+        cfg = self.config
+        t0 = time.perf_counter()
+        model = ctx.adapter.rewrite_for_pruning(model).eval()
+        example = ctx.adapter.example_input(1)
+        params0, macs0, ch0 = count_params(model), count_macs(model, example), out_channels(model)
+        if cfg.criterion == "fmap_cluster" and self._boxes is None:
+            self._boxes = self._fmap_data(ctx)
+        torch.manual_seed(ctx.seed)
+        pruner = self._pruner(model, ctx, cfg.criterion, steps=cfg.steps)
+        rounds, prune_s = [], 0.0
+        for step in range(cfg.steps):
+            ts = time.perf_counter()
+            if cfg.criterion == "fmap_cluster":
+                self._refresh_stats(pruner, model, ctx)
+            groups = next_groups(pruner, self.label, f" at round {step + 1}")
+            for g in groups:
+                g.prune()
+            prune_s += time.perf_counter() - ts
+            rnd = {"round": step + 1, "target_ratio": round(pruner.per_step_pruning_ratio[step + 1], 4),
+                   "params": count_params(model), "prune_seconds": round(time.perf_counter() - ts, 2)}
+            if cfg.finetune is not None:
+                rnd["finetune"] = {}
+                model = run_finetune(model, ctx, cfg.finetune, report=rnd["finetune"],
+                                     label=f"{self.label} finetune {step + 1}/{cfg.steps}")
+            rounds.append(rnd)
+        model.eval()
+        params1, macs1, ch1 = count_params(model), count_macs(model, example), out_channels(model)
+        sec = ctx.section(self.label)
+        sec.update({
+            "criterion": cfg.criterion, "ratio": cfg.ratio, "scope": cfg.scope, "steps": cfg.steps,
+            "round_to": cfg.round_to, "params_before": params0, "params_after": params1,
+            "macs_before": macs0, "macs_after": macs1,
+            "params_ratio": round(params1 / params0, 4) if params0 else None,
+            "macs_ratio": round(macs1 / macs0, 4) if macs0 else None,
+            "channels": channel_changes(ch0, ch1),
+            "unchanged_layers": sum(1 for k in ch0 if ch1.get(k) == ch0[k]),
+            "prune_seconds": round(prune_s, 2), "seconds": round(time.perf_counter() - t0, 2),
+        })
+        if cfg.steps > 1 or cfg.finetune is not None:
+            sec["rounds"] = rounds
+        if cfg.criterion == "fmap_cluster":
+            sec["fmap_boxes"] = self._boxes[1].origin
+            sec["fmap_images"] = len(self._boxes[0])
+            if self._boxes[1].origin.startswith("reference"):
+                ctx.notes.append(f"{self.label}: no labels, so fmap_cluster used the original model's own "
+                                 f"detections (conf {cfg.conf:g}) as boxes.")
+        ctx.notes.append(f"{self.label}: {cfg.criterion} removed {1 - params1 / params0:.0%} of the parameters "
+                         f"and {1 - macs1 / macs0:.0%} of the MACs.")
+        return model

@@ -1,0 +1,132 @@
+"""``prune.unstructured``: magnitude pruning of individual weights (or whole filters, zeroed).
+
+Done with ``torch.nn.utils.prune``: ``l1_unstructured`` per layer (scope ``local``: every
+layer to its target's amount) or ``global_unstructured`` (scope ``global``: one magnitude
+threshold across all layers of a target entry). ``granularity: channel`` zeroes whole
+output filters per layer with ``ln_structured`` (n=1 or 2). For single weights the l1 and
+l2 norms rank identically (|w| vs w^2), so ``norm`` only matters for ``channel``.
+Masks are made permanent (``prune.remove``) before the model is returned.
+
+Zeros shrink only a compressed (zipped) file; dense kernels still multiply them, so the
+report labels this section ``size_only`` and the runner adds the measured latency ratio.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from torch import nn
+
+from compress.errors import PassError
+from compress.passes.base import Pass, PassConfig, register
+from compress.pruning.targets import select
+
+NOTE = "size only -- dense kernels do not skip zeros"
+
+
+class Target(BaseModel):
+    """Layers to prune (type name, module name or ``re:`` pattern) and their amount."""
+
+    model_config = ConfigDict(extra="forbid")
+    match: str = Field(min_length=1)
+    amount: float | None = Field(default=None, gt=0, lt=1)  # the pass's ``amount`` when omitted
+
+
+def _weighted_types(include_bn: bool) -> tuple[type, ...]:
+    base = (nn.modules.conv._ConvNd, nn.Linear)
+    return base + (nn.modules.batchnorm._BatchNorm,) if include_bn else base
+
+
+@register("prune.unstructured")
+class UnstructuredPrune(Pass):
+    """Zero the smallest-magnitude weights of the selected layers."""
+
+    class Config(PassConfig):
+        amount: float = Field(default=0.5, gt=0, lt=1)  # fraction of weights zeroed
+        norm: Literal["l1", "l2"] = "l1"
+        scope: Literal["local", "global"] = "local"
+        granularity: Literal["element", "channel"] = "element"
+        targets: list[Target] | None = None  # default: every Conv / Linear (+ BatchNorm with include_bn)
+        include_bn: bool = False  # BatchNorm scales may be pruned too
+        prune_protected: bool = False  # also prune the adapter's protected layers (e.g. the head)
+
+        @field_validator("targets", mode="before")
+        @classmethod
+        def _strings(cls, v):
+            if isinstance(v, list):
+                return [{"match": t} if isinstance(t, str) else t for t in v]
+            return v
+
+        @model_validator(mode="after")
+        def _combo(self):
+            if self.scope == "global" and self.granularity == "channel":
+                raise ValueError("scope 'global' works on single weights; use granularity 'element'")
+            return self
+
+        def target_list(self) -> list[Target]:
+            return self.targets if self.targets is not None else [Target(match="re:.*")]
+
+    def plan(self, model: nn.Module, ctx) -> dict[str, tuple[nn.Module, float]]:
+        """``{layer name: (module, amount)}``; later targets override earlier ones."""
+        cfg = self.config
+        protected = set() if cfg.prune_protected else {id(m) for p in ctx.adapter.protected_layers(model)
+                                                       for m in p.modules()}
+        types = _weighted_types(cfg.include_bn)
+        out: dict[str, tuple[nn.Module, float]] = {}
+        for t in cfg.target_list():
+            hits = select(model, t.match, types)
+            if not hits:
+                hint = "; set include_bn: true to prune BatchNorm" if not cfg.include_bn else ""
+                raise PassError(f"{self.label}: target '{t.match}' matches no prunable layer "
+                                f"(Conv/Linear{'/BatchNorm' if cfg.include_bn else ''}){hint}")
+            hits = [(n, m) for n, m in hits if id(m) not in protected and getattr(m, "weight", None) is not None]
+            if not hits:
+                raise PassError(f"{self.label}: target '{t.match}' matches only protected layers "
+                                "(set prune_protected: true to prune them anyway)")
+            for n, m in hits:
+                out[n] = (m, t.amount if t.amount is not None else cfg.amount)
+        return out
+
+    def check(self, model, ctx):
+        self.plan(model, ctx)
+
+    def apply(self, model, ctx):
+        import torch.nn.utils.prune as prune
+
+        from compress.metrics.size import sparsity_report
+
+        cfg = self.config
+        plan = self.plan(model, ctx)
+        if cfg.scope == "global":
+            by_amount: dict[float, list[nn.Module]] = {}
+            for m, amount in plan.values():
+                by_amount.setdefault(amount, []).append(m)
+            for amount, mods in by_amount.items():
+                prune.global_unstructured([(m, "weight") for m in mods], pruning_method=prune.L1Unstructured,
+                                          amount=amount)
+        else:
+            for m, amount in plan.values():
+                if cfg.granularity == "channel":
+                    prune.ln_structured(m, "weight", amount=amount, n=1 if cfg.norm == "l1" else 2, dim=0)
+                else:
+                    prune.l1_unstructured(m, "weight", amount=amount)
+        for m, _ in plan.values():
+            prune.remove(m, "weight")
+
+        zeros = sum(int((m.weight == 0).sum()) for m, _ in plan.values())
+        total = sum(m.weight.numel() for m, _ in plan.values())
+        sp = sparsity_report(model)
+        sec = ctx.section(self.label)
+        sec.update({
+            "size_only": True, "note": NOTE, "scope": cfg.scope, "granularity": cfg.granularity,
+            "norm": cfg.norm, "layers": len(plan),
+            "targeted_sparsity": round(zeros / total, 4) if total else 0.0,
+            "overall_sparsity": round(sp["overall"], 4),
+            "conv2d": {k: round(v, 4) for k, v in sp["conv2d"].items()},
+            "batchnorm2d": {k: round(v, 4) for k, v in sp["batchnorm2d"].items()},
+        })
+        ctx.notes.append(f"{self.label}: {sec['targeted_sparsity']:.0%} of the targeted weights are zero "
+                         f"({sec['overall_sparsity']:.0%} of all parameters); this saves size only after "
+                         "compression -- dense kernels do not skip zeros, so expect no speed-up.")
+        return model

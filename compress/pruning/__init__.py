@@ -1,0 +1,1 @@
+"""Pruning building blocks: layer selection, importance criteria, schedules, surgery helpers."""

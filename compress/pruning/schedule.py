@@ -1,0 +1,35 @@
+"""How many channels a layer keeps: the per-round ratio schedule and ``round_to`` rounding."""
+
+from __future__ import annotations
+
+import math
+
+
+def linear(ratio: float, steps: int) -> list[float]:
+    """Cumulative target ratio after each of ``steps`` rounds (index 0 = before pruning).
+
+    Same contract as torch-pruning's ``iterative_pruning_ratio_scheduler``:
+    ``linear(0.5, 5) == [0, 0.1, 0.2, 0.3, 0.4, 0.5]``.
+    """
+    return [ratio * i / steps for i in range(steps + 1)]
+
+
+def rounded_keep(current: int, keep: int, round_to: int | None) -> int:
+    """Channels kept after rounding ``keep`` to a multiple of ``round_to``.
+
+    Rounds to the nearest multiple (halves up), never below ``round_to`` and never
+    above ``current``, so ``round_to`` is also the minimum width of a pruned layer.
+    A layer narrower than ``round_to`` is left as it is (it cannot be a multiple).
+    Without ``round_to`` the plain count is returned (it may be 0: the caller refuses that).
+    """
+    if not round_to or round_to <= 1:
+        return max(0, min(keep, current)) if round_to is None else max(1, min(keep, current))
+    if current < round_to:
+        return current
+    k = int(math.floor(keep / round_to + 0.5)) * round_to
+    return max(round_to, min(k, current - current % round_to))
+
+
+def planned_keep(initial: int, current: int, ratio: float, round_to: int | None) -> int:
+    """Channels a layer keeps at cumulative ``ratio`` (as torch-pruning counts, then rounded)."""
+    return rounded_keep(current, int(initial * (1 - ratio)), round_to)
