@@ -1,0 +1,310 @@
+"""Adapter for Ultralytics YOLO detectors (v8, 11 and other ``Detect``-head models).
+
+Loads a model from an Ultralytics model yaml (``yolov8n.yaml``: architecture only, no
+weights are ever downloaded), from an Ultralytics ``.pt`` (a full pickle: needs
+``--trust-checkpoint``), or from this project's own checkpoint dict (model yaml +
+state_dict, ``weights_only``-loadable, pruned channel counts included).
+
+The Detect head is put in export mode, so the eval-mode forward of the torch model
+and its ONNX export both return the plain ``(B, 4 + nc, N)`` tensor. ultralytics is
+imported only here, through :func:`compress.offline.import_ultralytics`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch import nn
+
+from compress.errors import ModelLoadError
+from compress.models import register_adapter
+from compress.models.base import Adapter
+from compress.models.detect import decode_yolo, preprocess_letterbox
+from compress.models.ultralytics_blocks import (conv_groups, is_split_free, resize_to_state_dict,
+                                                rewrite_split_blocks)
+from compress.offline import import_ultralytics
+
+CHECKPOINT_FORMAT = 1
+_LOSS_GAINS = {"box": 7.5, "cls": 0.5, "dfl": 1.5}  # Ultralytics' default.yaml values (used if unreadable)
+
+
+@register_adapter("ultralytics")
+class UltralyticsAdapter(Adapter):
+    task = "detect"
+
+    # -- loading ----------------------------------------------------------------------
+    @classmethod
+    def load(cls, spec, ckpt, trust_checkpoint: bool):
+        import_ultralytics()
+        info: dict = {}
+        if ckpt is None:
+            model = _build_from_yaml(spec.builtin, len(spec.class_names) if spec.class_names else None)
+        elif isinstance(ckpt, dict) and ckpt.get("adapter") == "ultralytics" and "yaml" in ckpt:
+            model, info = _from_project_dict(ckpt, spec)
+        else:
+            model, info = _from_ultralytics_pickle(ckpt, spec)
+        prepare(model)
+        names = _class_names(model, spec, info.get("class_names"))
+        stride = int(max(model.stride.tolist())) if hasattr(model, "stride") else 32
+        imgsz = int(spec.imgsz or info.get("imgsz") or 640)
+        if imgsz % stride:
+            raise ModelLoadError(f"imgsz {imgsz} is not a multiple of the model stride {stride}")
+        return cls(names, imgsz, stride), model.eval()
+
+    # -- input / output -----------------------------------------------------------------
+    def preprocess(self, images):
+        return preprocess_letterbox(images, self.imgsz)
+
+    def decode(self, output, metas, conf, iou=0.7, max_det=300):
+        return decode_yolo(output, metas, conf, iou, max_det)
+
+    # -- hooks for passes ---------------------------------------------------------------
+    def protected_layers(self, model: nn.Module) -> list[nn.Module]:
+        """Each Detect branch's output conv, the DFL, and attention projections (head-shaped)."""
+        from ultralytics.nn.modules.block import Attention
+
+        head = _head(model)
+        out = []
+        for name in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"):
+            branches = getattr(head, name, None)
+            if branches is not None:
+                out.extend(branch[-1] for branch in branches)
+        dfl = getattr(head, "dfl", None)
+        if isinstance(getattr(dfl, "conv", None), nn.Conv2d):
+            out.append(dfl.conv)
+        for m in model.modules():  # q/k/v are reshaped per head: channel counts must stay
+            if isinstance(m, Attention):
+                out.extend(c.conv for c in (m.qkv, m.proj, m.pe))
+        return out
+
+    def loss(self, model, images, samples):
+        """Ultralytics' v8DetectionLoss (box + cls + dfl) per image, on Sample boxes."""
+        if not any(s.boxes is not None for s in samples):
+            return None
+        from ultralytics.utils.loss import v8DetectionLoss
+
+        batch = _targets(images, samples)
+        with _head_returns_raw(model):
+            preds = model(images)
+        preds = preds[1] if isinstance(preds, tuple) else preds
+        criterion = v8DetectionLoss(SimpleNamespace(args=_loss_hyp(model), model=model.model,
+                                                    parameters=model.parameters))
+        total, _ = criterion(preds, batch)
+        return total.sum() / images.shape[0]
+
+    def distill_outputs(self, model, x):
+        """The raw head maps per level, ``(B, 4 * reg_max + nc, H, W)`` each (train and eval mode)."""
+        with _head_returns_raw(model):
+            out = model(x)
+        raw = out[1] if isinstance(out, tuple) else out
+        return level_maps(raw)
+
+    def rewrite_for_pruning(self, model):
+        """Split-free C2f/C3k2/C2PSA blocks (in place, same outputs); see ultralytics_blocks."""
+        rewrite_split_blocks(model)
+        return model
+
+    def metadata(self):
+        return {**super().metadata(), "family": "ultralytics"}
+
+    def checkpoint(self, model):
+        """Model yaml + state_dict (+ grouped-conv sizes): rebuilds pruned models too."""
+        return {
+            "adapter": self.name,
+            "format": CHECKPOINT_FORMAT,
+            "yaml": _plain(model.yaml),
+            "class_names": self.class_names,
+            "imgsz": self.imgsz,
+            "split_free": is_split_free(model),
+            "fused": not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()),
+            "groups": conv_groups(model),
+            "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        }
+
+
+# -- building / loading -----------------------------------------------------------------
+def _build_from_yaml(cfg: str, nc: int | None) -> nn.Module:
+    from ultralytics.nn.tasks import DetectionModel
+
+    if not str(cfg).endswith((".yaml", ".yml")):
+        raise ModelLoadError(
+            f"model.builtin '{cfg}' is not an Ultralytics model yaml (e.g. yolov8n.yaml, yolo11n.yaml); "
+            "weights are never downloaded: pass a local .pt as model.checkpoint")
+    try:
+        return DetectionModel(str(cfg), nc=nc, verbose=False)
+    except FileNotFoundError:
+        raise ModelLoadError(f"unknown Ultralytics model yaml '{cfg}' (e.g. yolov8n.yaml, yolo11n.yaml)") from None
+    except (KeyError, ValueError, TypeError, IndexError) as e:
+        raise ModelLoadError(f"{cfg}: cannot build this Ultralytics model ({e})") from None
+
+
+def _from_project_dict(ckpt: dict, spec) -> tuple[nn.Module, dict]:
+    from ultralytics.nn.tasks import DetectionModel
+
+    cfg = copy.deepcopy(ckpt["yaml"])
+    where = spec.checkpoint or "checkpoint"
+    try:
+        model = DetectionModel(cfg, ch=int(cfg.get("channels", 3)), nc=cfg.get("nc"), verbose=False)
+    except (KeyError, ValueError, TypeError, IndexError) as e:
+        raise ModelLoadError(f"{where}: its model yaml does not build ({e})") from None
+    if ckpt.get("split_free"):
+        rewrite_split_blocks(model)
+    if ckpt.get("fused"):
+        model.fuse(verbose=False)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    resize_to_state_dict(model, state, ckpt.get("groups"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        what = f"missing key '{missing[0]}'" if missing else f"unexpected key '{unexpected[0]}'"
+        raise ModelLoadError(f"{where}: state_dict does not fit its model yaml ({what})")
+    return model, {"class_names": ckpt.get("class_names"), "imgsz": ckpt.get("imgsz")}
+
+
+def _from_ultralytics_pickle(ckpt, spec) -> tuple[nn.Module, dict]:
+    from ultralytics.nn.tasks import DetectionModel
+
+    model, args = ckpt, {}
+    if isinstance(ckpt, dict):
+        model = ckpt.get("ema") if ckpt.get("ema") is not None else ckpt.get("model")
+        args = ckpt.get("train_args") or {}
+    if not isinstance(model, DetectionModel):
+        raise ModelLoadError(
+            f"{spec.checkpoint}: not an Ultralytics detection checkpoint (found {type(model).__name__}); "
+            "pass --adapter or --arch module:factory")
+    model = model.float()
+    imgsz = args.get("imgsz") if isinstance(args, dict) else None
+    names = getattr(model, "names", None)
+    if isinstance(names, dict):
+        names = [str(names[i]) for i in sorted(names)]
+    return model, {"class_names": names, "imgsz": imgsz if isinstance(imgsz, int) else None}
+
+
+def prepare(model: nn.Module) -> nn.Module:
+    """Make eval mode return the plain ``(B, 4 + nc, N)`` tensor; make weights trainable."""
+    from ultralytics.nn.modules.head import Detect
+
+    head = _head(model)
+    if type(head) is not Detect:
+        raise ModelLoadError(
+            f"only Ultralytics detection models are supported (this one ends in {type(head).__name__})")
+    head.export = True  # eval forward returns y, not (y, raw)
+    head.format = None
+    if getattr(head, "one2one_cv2", None) is not None and head.cv2 is not None:
+        head.end2end = False  # NMS-free heads: use the one-to-many branch, the (B, 4 + nc, N) layout
+    dfl = getattr(head, "dfl", None)
+    for name, p in model.named_parameters():
+        p.requires_grad_(not (dfl is not None and name.startswith(_name_of(model, dfl) + ".")))
+    return model
+
+
+def _class_names(model, spec, from_ckpt) -> list[str]:
+    nc = int(_head(model).nc)
+    names = list(spec.class_names) if spec.class_names else (list(from_ckpt) if from_ckpt else None)
+    if names is None:
+        names = [str(i) for i in range(nc)]
+    if len(names) != nc:
+        raise ModelLoadError(f"model.class_names has {len(names)} names but the model predicts {nc} classes")
+    return [str(n) for n in names]
+
+
+# -- helpers -------------------------------------------------------------------------------
+def _head(model: nn.Module) -> nn.Module:
+    try:
+        return model.model[-1]
+    except (AttributeError, IndexError, TypeError):
+        raise ModelLoadError(f"not an Ultralytics model ({type(model).__name__} has no layer list)") from None
+
+
+def _name_of(model, module) -> str:
+    return next(n for n, m in model.named_modules() if m is module)
+
+
+@contextlib.contextmanager
+def _head_returns_raw(model):
+    """Temporarily let the Detect head return its raw prediction alongside (eval mode)."""
+    head = _head(model)
+    old = head.export
+    head.export = False
+    try:
+        yield
+    finally:
+        head.export = old
+
+
+def level_maps(raw) -> list[torch.Tensor]:
+    """Raw Detect output (8.4 dict or 8.3 list) -> one ``(B, C, H, W)`` map per level."""
+    if isinstance(raw, (list, tuple)):
+        return list(raw)
+    if "one2many" in raw:
+        raw = raw["one2many"]
+    feats = raw["feats"]
+    sizes = [f.shape[-2] * f.shape[-1] for f in feats]
+    both = torch.cat([raw["boxes"], raw["scores"]], 1)
+    return [t.reshape(t.shape[0], t.shape[1], f.shape[-2], f.shape[-1])
+            for t, f in zip(both.split(sizes, dim=2), feats)]
+
+
+def _loss_hyp(model) -> SimpleNamespace:
+    gains = dict(_LOSS_GAINS)
+    try:
+        from ultralytics.cfg import DEFAULT_CFG_DICT
+
+        gains.update({k: float(DEFAULT_CFG_DICT[k]) for k in gains if k in DEFAULT_CFG_DICT})
+    except ImportError:
+        pass
+    args = getattr(model, "args", None)
+    get = args.get if isinstance(args, dict) else (lambda k, d: getattr(args, k, d))
+    for k in gains:
+        v = get(k, None)
+        if isinstance(v, (int, float)):
+            gains[k] = float(v)
+    return SimpleNamespace(**gains)
+
+
+def letterbox_meta(h: int, w: int, size: int) -> tuple[float, int, int]:
+    """(scale, pad_x, pad_y) exactly as ``detect.letterbox`` computes them."""
+    scale = min(size / h, size / w)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    return scale, (size - nw) // 2, (size - nh) // 2
+
+
+def _targets(images: torch.Tensor, samples) -> dict[str, torch.Tensor]:
+    """Sample xyxy boxes (original pixels) -> Ultralytics batch dict (normalised xywh on the input)."""
+    H, W = images.shape[-2:]
+    idx, cls, boxes = [], [], []
+    for i, s in enumerate(samples):
+        if s.boxes is None or len(s.boxes) == 0:
+            continue
+        h, w = s.image.shape[:2]
+        scale, px, py = letterbox_meta(h, w, int(W))
+        b = np.asarray(s.boxes, np.float32) * scale + np.array([px, py, px, py], np.float32)
+        xywh = np.stack([(b[:, 0] + b[:, 2]) / 2 / W, (b[:, 1] + b[:, 3]) / 2 / H,
+                         (b[:, 2] - b[:, 0]) / W, (b[:, 3] - b[:, 1]) / H], 1)
+        boxes.append(xywh)
+        cls.append(np.asarray(s.classes, np.float32).reshape(-1))
+        idx.append(np.full(len(b), i, np.float32))
+    dev = images.device
+    if not boxes:
+        z = torch.zeros(0, device=dev)
+        return {"batch_idx": z, "cls": z.view(0, 1), "bboxes": torch.zeros(0, 4, device=dev)}
+    return {"batch_idx": torch.from_numpy(np.concatenate(idx)).to(dev),
+            "cls": torch.from_numpy(np.concatenate(cls)).view(-1, 1).to(dev),
+            "bboxes": torch.from_numpy(np.concatenate(boxes)).to(dev)}
+
+
+def _plain(obj):
+    """Model yaml -> only plain containers/scalars (so the checkpoint stays weights_only-loadable)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)

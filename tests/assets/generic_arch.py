@@ -1,0 +1,56 @@
+"""Tiny factories for the generic-adapter tests (``--arch tests/assets/generic_arch.py:NAME``)."""
+
+import torch
+from torch import nn
+
+
+class TinyClassifier(nn.Module):
+    def __init__(self, num_classes: int = 10, width: int = 8):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                                      nn.Conv2d(width, 2 * width, 3, 2, 1), nn.ReLU(inplace=True),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+def tiny_classifier(num_classes: int = 10) -> nn.Module:
+    return TinyClassifier(num_classes)
+
+
+class TinyDetector(nn.Module):
+    """Outputs the Ultralytics layout (B, 4 + nc, N): one box per 8x8 cell, sigmoid scores."""
+
+    def __init__(self, nc: int = 3):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.SiLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.SiLU(),
+                                  nn.Conv2d(16, 16, 3, 2, 1), nn.SiLU())
+        self.box = nn.Conv2d(16, 4, 1)
+        self.cls = nn.Conv2d(16, nc, 1)
+
+    def forward(self, x):
+        f = self.body(x)
+        b, _, h, w = f.shape
+        gy, gx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        centre = torch.stack([gx, gy]).float().add(0.5).mul(8).view(1, 2, h * w)
+        raw = self.box(f).view(b, 4, h * w)
+        xy = centre + raw[:, :2].tanh() * 8
+        wh = raw[:, 2:].sigmoid() * 64
+        return torch.cat([xy, wh, self.cls(f).view(b, -1, h * w).sigmoid()], 1)
+
+
+def tiny_detector() -> nn.Module:
+    return TinyDetector(3)
+
+
+def broken():
+    raise RuntimeError("cannot build")
+
+
+not_a_model = 42
+
+
+def returns_dict():
+    return {}
