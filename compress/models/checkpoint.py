@@ -17,6 +17,10 @@ def read_checkpoint(path, trust: bool = False):
     p = Path(path)
     if not p.is_file():
         raise ModelLoadError(f"{p}: checkpoint not found")
+    if trust:  # unpickling may import ultralytics: keep it off the network first
+        from compress.offline import ensure_offline
+
+        ensure_offline()
     try:
         return torch.load(p, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
