@@ -1,0 +1,238 @@
+"""Sweeps: run one recipe over a grid of ``--set`` values and tabulate/plot the trade-off.
+
+    sweep("recipes/digitdet-prune-sweep.yaml", {"prune.ratio": [0.5, 0.6, 0.7]}, "runs/sweep")
+
+Every grid point is one ordinary run in its own sub-folder named after its overrides
+(``prune.ratio=0.6``). Points are cached: a point whose ``report.json`` records the same
+recipe digest is not run again, so an interrupted sweep resumes where it stopped.
+The sweep folder gets ``sweep.csv``, ``sweep.md``, ``sweep.json`` and the plots of
+:mod:`compress.report.plots`.
+
+Size and speed ratios follow the report's convention: ``original / compressed`` (above 1
+means smaller or faster). ``quality`` is the true metric when labels exist (mAP50 for
+detectors, top-1 accuracy for classifiers), else the agreement with the original;
+``accuracy_x_fps`` is quality times frames per second of the compressed ONNX model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from compress.errors import CompressError, RecipeError
+
+METRIC_COLUMNS = ["params", "macs", "onnx_bytes", "latency_ms", "params_x", "macs_x", "onnx_bytes_x", "speedup",
+                  "agreement_map50", "agreement_map50_95", "top1_agreement", "map50", "accuracy", "quality",
+                  "accuracy_x_fps", "pareto", "passed", "error"]
+_MD_COLUMNS = ["params", "macs", "latency_ms", "params_x", "macs_x", "speedup", "agreement_map50",
+               "top1_agreement", "map50", "accuracy", "accuracy_x_fps", "pareto", "passed", "error"]
+
+
+# -- the grid -------------------------------------------------------------------------------
+def _split_values(raw: str) -> list[str]:
+    """``0.5,0.6`` -> ['0.5', '0.6']; commas inside [...] or {...} do not split (YAML lists)."""
+    out, depth, cur = [], 0, ""
+    for ch in raw:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur.strip())
+    return out
+
+
+def parse_grid(items: Iterable[str]) -> dict[str, list[str]]:
+    """``["prune.ratio=0.5,0.6", "prune.criterion=l1,l2"]`` -> {key: [values]} (the CLI's ``--set``)."""
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise RecipeError(f"--set {item}: expected key=value1,value2,...")
+        if key in grid:
+            raise RecipeError(f"--set {key}: given twice; list all its values in one --set")
+        values = _split_values(raw)
+        if any(v == "" for v in values):
+            raise RecipeError(f"--set {item}: empty value in the list")
+        grid[key] = values
+    return grid
+
+
+def _fmt_value(v: Any) -> str:
+    """A grid value as ``--set`` text (YAML): strings as given, others as JSON (a YAML subset)."""
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def expand(grid: dict[str, Sequence[Any]]) -> list[dict[str, str]]:
+    """Every combination of the grid's values (itertools.product), in the grid's key order."""
+    if not grid:
+        raise RecipeError("sweep: the grid is empty; give at least one --set key=v1,v2,...")
+    for key, values in grid.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
+            raise RecipeError(f"sweep: {key}: expected a non-empty list of values")
+    keys = list(grid)
+    return [dict(zip(keys, (_fmt_value(v) for v in combo))) for combo in itertools.product(*grid.values())]
+
+
+def point_name(point: dict[str, str]) -> str:
+    """Folder name of a grid point, e.g. ``prune.ratio=0.6,prune.steps=1`` (path-safe)."""
+    name = ",".join(f"{k}={v}" for k, v in point.items())
+    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", name)[:200]
+
+
+# -- one report -> one row --------------------------------------------------------------------
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def summarize(report: dict) -> dict[str, Any]:
+    """The sweep columns of one run's report dict (missing values are None)."""
+    comp, ratios, fid = report.get("compressed") or {}, report.get("ratios") or {}, report.get("fidelity") or {}
+    row = {k: comp.get(k) for k in ("params", "macs", "onnx_bytes", "latency_ms", "map50", "accuracy")}
+    row.update(params_x=ratios.get("params"), macs_x=ratios.get("macs"), onnx_bytes_x=ratios.get("onnx_bytes"),
+               speedup=ratios.get("latency"))
+    row.update({k: fid.get(k) for k in ("agreement_map50", "agreement_map50_95", "top1_agreement")})
+    row["passed"] = fid.get("passed")
+    quality = next((_num(row[k]) for k in ("map50", "accuracy", "agreement_map50", "top1_agreement")
+                    if _num(row[k]) is not None), None)
+    latency = _num(row["latency_ms"])
+    row["quality"] = quality
+    row["accuracy_x_fps"] = quality * 1000.0 / latency if quality is not None and latency else None
+    return row
+
+
+def _recorded_digest(report_path: Path) -> str | None:
+    try:
+        report = json.loads(report_path.read_text())
+    except (OSError, ValueError):
+        return None
+    rec = report.get("recipe") if isinstance(report, dict) else None
+    return rec.get("digest") if isinstance(rec, dict) else None
+
+
+# -- the sweep --------------------------------------------------------------------------------
+def _default_runner(recipe, out_dir: Path, *, force: bool, quiet: bool) -> dict:
+    from compress.api import run
+
+    return run(recipe, out_dir, force=force, quiet=quiet)
+
+
+def sweep(recipe_path: str | Path, grid: dict[str, Sequence[Any]], out_dir: str | Path, *, force: bool = False,
+          base_overrides: Sequence[str] = (), runner: Callable[..., dict] | None = None,
+          quiet: bool = False, plots: bool = True) -> list[dict[str, Any]]:
+    """Run ``recipe_path`` at every point of ``grid``; write sweep.csv/.md/.json and plots into ``out_dir``.
+
+    ``base_overrides`` (``key=value``) apply to every point. ``runner(recipe, point_dir, force=,
+    quiet=) -> report`` defaults to :func:`compress.api.run`. A point that fails with a
+    ``CompressError`` gets a row with its ``error`` and the sweep goes on; ``force`` reruns
+    cached points; ``plots=False`` skips the PNGs. Returns the rows (one dict per point, swept keys first).
+    """
+    from compress import recipe as recipe_mod
+    from compress.progress import progress
+
+    out_dir = Path(out_dir)
+    runner = runner or _default_runner
+    points = expand(grid)
+    # validate every point's recipe before running any, so a typo fails at once
+    recipes = [recipe_mod.load(recipe_path, [*base_overrides, *(f"{k}={v}" for k, v in p.items())])
+               for p in points]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, baseline = [], None
+    with progress(quiet) as bar:
+        task = bar.add_task("sweep", total=len(points)) if bar is not None else None
+        for point, recipe in zip(points, recipes):
+            name = point_name(point)
+            point_dir = out_dir / name
+            if bar is not None:
+                bar.update(task, description=f"sweep {name}")
+            report_path = point_dir / "report.json"
+            cached = not force and report_path.is_file() and _recorded_digest(report_path) == recipe.digest()
+            error = None
+            try:
+                if cached:
+                    report = json.loads(report_path.read_text())
+                else:
+                    report = runner(recipe, point_dir, force=force or point_dir.exists(), quiet=True)
+            except CompressError as e:
+                report, error = {}, str(e).splitlines()[0] if str(e) else type(e).__name__
+            baseline = baseline or report.get("original")
+            rows.append({"point": name, **point, **summarize(report), "error": error})
+            if bar is not None:
+                bar.advance(task)
+    mark_pareto(rows)
+    write_outputs(rows, list(grid), out_dir, baseline=baseline, recipe=str(recipe_path), plots=plots)
+    return rows
+
+
+def mark_pareto(rows: list[dict]) -> None:
+    """Set each row's ``pareto`` flag: not dominated in (lower latency, higher quality)."""
+    from compress.report.plots import pareto_front
+
+    flags = pareto_front([_num(r.get("latency_ms")) for r in rows], [_num(r.get("quality")) for r in rows])
+    for row, flag in zip(rows, flags):
+        row["pareto"] = flag
+
+
+# -- outputs ----------------------------------------------------------------------------------
+def to_csv(rows: list[dict], keys: list[str]) -> str:
+    """CSV text: the swept keys, then :data:`METRIC_COLUMNS` (empty cells for missing values)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=[*keys, *METRIC_COLUMNS], extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: "" if r.get(k) is None else r.get(k) for k in w.fieldnames})
+    return buf.getvalue()
+
+
+def _md_cell(key: str, v: Any) -> str:
+    from compress.report.fmt import fmt
+
+    if v is None:
+        return "-"
+    if key.endswith("_x") or key == "speedup":
+        return f"{v:.2f}x"
+    if isinstance(v, float) and key == "latency_ms":
+        return f"{v:.4g}"
+    if isinstance(v, float) and key == "accuracy_x_fps":
+        return f"{v:,.0f}"
+    return fmt(v).replace("|", "/")
+
+
+def to_markdown(rows: list[dict], keys: list[str], baseline: dict | None = None) -> str:
+    """A markdown table of the sweep (columns with no value in any row are left out)."""
+    cols = [c for c in _MD_COLUMNS if any(r.get(c) is not None for r in rows)]
+    head = [*keys, *cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if baseline:
+        cells = ["original"] + [""] * (len(keys) - 1) + [_md_cell(c, baseline.get(c)) for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    for r in rows:
+        lines.append("| " + " | ".join([str(r.get(k, "")) for k in keys] + [_md_cell(c, r.get(c)) for c in cols])
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(rows: list[dict], keys: list[str], out_dir: Path, *, baseline: dict | None = None,
+                  recipe: str = "", plots: bool = True) -> dict[str, Path]:
+    """Write sweep.csv, sweep.md, sweep.json and (unless ``plots`` is False) the plots; return their paths."""
+    from compress.atomic import atomic_write_text
+    from compress.report import to_jsonable
+    from compress.report.plots import plot_sweep
+
+    images = plot_sweep(rows, keys, out_dir, baseline=baseline) if plots else {}
+    title = f"# Sweep of {recipe}\n\n" if recipe else ""
+    links = "".join(f"\n![{name}]({p.name})\n" for name, p in images.items())
+    paths = {"csv": atomic_write_text(out_dir / "sweep.csv", to_csv(rows, keys)),
+             "md": atomic_write_text(out_dir / "sweep.md", title + to_markdown(rows, keys, baseline) + links),
+             "json": atomic_write_text(out_dir / "sweep.json", json.dumps(
+                 to_jsonable({"recipe": recipe, "keys": keys, "baseline": baseline, "rows": rows}), indent=2))}
+    return {**paths, **images}
