@@ -25,11 +25,12 @@ def test_distill_lowers_loss_and_reports():
     torch.set_num_threads(2)
     model, ctx = _perturbed()
     report = {}
-    out = run_finetune(model, ctx, FinetuneConfig(steps=12, loss="distill", lr_scale=1.0), report=report)
+    out = run_finetune(model, ctx, FinetuneConfig(steps=8, batch_size=8, loss="distill", lr_scale=2.0,
+                                                  eval_batches=2), report=report)
     assert out is model and not model.training
-    assert report["loss"] == "distill" and report["steps"] == 12
+    assert report["loss"] == "distill" and report["steps"] == 8
     assert report["loss_after"] < 0.7 * report["loss_before"]
-    assert report["lr"] == pytest.approx(1e-3)
+    assert report["lr"] == pytest.approx(2e-3)
     assert all(not p.requires_grad for p in ctx.reference.parameters())
 
 
@@ -37,7 +38,7 @@ def test_deterministic_with_seed():
     results = []
     for _ in range(2):
         model, ctx = _perturbed()
-        run_finetune(model, ctx, FinetuneConfig(steps=3, loss="distill"))
+        run_finetune(model, ctx, FinetuneConfig(steps=2, batch_size=4, eval_batches=1, loss="distill"))
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.equal(results[0], results[1])
 
@@ -45,15 +46,16 @@ def test_deterministic_with_seed():
 def test_bn_eval_keeps_running_stats():
     model, ctx = _perturbed()
     before = model.stem.bn.running_mean.clone()
-    run_finetune(model, ctx, FinetuneConfig(steps=2, loss="distill", bn_eval=True))
+    fast = {"steps": 1, "batch_size": 4, "eval_batches": 1, "loss": "distill"}
+    run_finetune(model, ctx, FinetuneConfig(bn_eval=True, **fast))
     assert torch.equal(before, model.stem.bn.running_mean)
-    run_finetune(model, ctx, FinetuneConfig(steps=2, loss="distill"))
+    run_finetune(model, ctx, FinetuneConfig(**fast))
     assert not torch.equal(before, model.stem.bn.running_mean)
 
 
 def test_pass_task_loss_auto_and_lr_scale():
     model, ctx = _perturbed()
-    p = Finetune(Finetune.Config(type="finetune", steps=2))
+    p = Finetune(Finetune.Config(type="finetune", steps=2, batch_size=4, eval_batches=1))
     p.check(model, ctx)
     p.apply(model, ctx)
     sec = ctx.report["finetune"]

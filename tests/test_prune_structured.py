@@ -125,7 +125,7 @@ def test_global_differs_from_local():
 def test_iterative_steps_reach_target_with_finetune():
     model, ctx = det_ctx()
     pruned, sec = prune(model, ctx, criterion="l2", ratio=0.5, round_to=None, steps=3,
-                        finetune={"steps": 1, "loss": "distill", "batch_size": 4})
+                        finetune={"steps": 1, "loss": "distill", "batch_size": 4, "eval_batches": 1})
     assert widths(pruned)["stem.conv"] == 8 and widths(pruned)["fuse.conv"] == 16
     assert [r["target_ratio"] for r in sec["rounds"]] == [pytest.approx(1 / 6, abs=1e-3),
                                                           pytest.approx(1 / 3, abs=1e-3), 0.5]

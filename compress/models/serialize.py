@@ -44,9 +44,16 @@ def layer_attributes(model: nn.Module) -> dict[str, dict]:
     return out
 
 
-def pruned_info(model: nn.Module) -> dict:
-    """The :data:`KEY` entry of a checkpoint: attributes, tensor shapes and weights."""
+def pruned_info(model: nn.Module, state_dict: dict | None = None) -> dict:
+    """The :data:`KEY` entry of a checkpoint: attributes, tensor shapes and weights.
+
+    ``state_dict`` (e.g. the adapter checkpoint's own copy) is used when it matches the
+    model's, so ``torch.save`` stores the tensors once.
+    """
     sd = model.state_dict()
+    if isinstance(state_dict, dict) and state_dict.keys() == sd.keys() and all(
+            isinstance(v, torch.Tensor) and v.shape == sd[k].shape for k, v in state_dict.items()):
+        sd = state_dict
     return {"format": FORMAT, "attributes": layer_attributes(model),
             "shapes": {k: list(v.shape) for k, v in sd.items()}, "state_dict": sd}
 
@@ -56,7 +63,7 @@ def save_model(adapter, model: nn.Module, path: str | Path) -> Path:
     from compress.atomic import atomic_path
 
     ckpt = dict(adapter.checkpoint(model))
-    ckpt[KEY] = pruned_info(model)  # tensors shared with the adapter's state_dict are stored once
+    ckpt[KEY] = pruned_info(model, ckpt.get("state_dict"))
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
     return Path(path)

@@ -83,14 +83,14 @@ class StructuredPrune(Pass):
             check_finetune(ctx, cfg.finetune, f"{self.label}.finetune")
         if cfg.criterion == "fmap_cluster":
             self._boxes = self._fmap_data(ctx)
-        # dry run on a copy: traces the graph, resolves patterns, and refuses a ratio that
-        # would empty a layer (exact for local scope; global depends on the importances)
+        # dry run on a copy: traces the graph, resolves patterns, and refuses a ratio that would
+        # empty a layer (exact for one-shot l1/l2/random; fmap_cluster is tried with l2 here)
         trial = ctx.adapter.rewrite_for_pruning(copy.deepcopy(model))
         criterion = "l2" if cfg.criterion == "fmap_cluster" else cfg.criterion
         pruner = self._pruner(trial, ctx, criterion, steps=1)
-        from compress.pruning.surgery import next_groups
+        from compress.pruning.surgery import prune_round
 
-        if not next_groups(pruner, self.label, f" at ratio {cfg.ratio}"):
+        if not prune_round(pruner, self.label, f" at ratio {cfg.ratio}"):
             raise PassError(f"{self.label}: nothing to prune at ratio {cfg.ratio} (every layer is ignored, "
                             f"protected or too narrow for round_to {cfg.round_to})")
 
@@ -124,7 +124,7 @@ class StructuredPrune(Pass):
 
         from compress.metrics.size import count_macs, count_params
         from compress.passes.finetune import run_finetune
-        from compress.pruning.surgery import channel_changes, next_groups, out_channels
+        from compress.pruning.surgery import channel_changes, out_channels, prune_round
 
         cfg = self.config
         t0 = time.perf_counter()
@@ -140,9 +140,7 @@ class StructuredPrune(Pass):
             ts = time.perf_counter()
             if cfg.criterion == "fmap_cluster":
                 self._refresh_stats(pruner, model, ctx)
-            groups = next_groups(pruner, self.label, f" at round {step + 1}")
-            for g in groups:
-                g.prune()
+            prune_round(pruner, self.label, f" at round {step + 1}")
             prune_s += time.perf_counter() - ts
             rnd = {"round": step + 1, "target_ratio": round(pruner.per_step_pruning_ratio[step + 1], 4),
                    "params": count_params(model), "prune_seconds": round(time.perf_counter() - ts, 2)}

@@ -9,8 +9,7 @@ torch-pruning does the surgery; this module adds three things around its pruner:
 * ``max_layer_ratio`` also holds within one global round (torch-pruning checks it only
   between rounds): a group asked to lose more keeps its most important channels.
 
-Groups are computed completely before the first one is pruned, so a refusal leaves the
-model untouched.
+The pass runs a round on a copy in ``check`` first, so a refusal leaves the model untouched.
 """
 
 from __future__ import annotations
@@ -52,31 +51,38 @@ def _plain(idxs) -> list[int]:
     return [int(getattr(i, "idx", i)) for i in idxs]
 
 
-def next_groups(pruner: Pruner, who: str, ratio_hint: str = "") -> list:
-    """All groups of the pruner's next round, checked; raises PassError before anything is pruned."""
+def prune_round(pruner: Pruner, who: str, ratio_hint: str = "") -> int:
+    """Run the pruner's next round; returns how many groups were pruned.
+
+    Groups are pruned one by one as torch-pruning yields them (a group's indices through a
+    concat are only valid once the groups before it are pruned). A group that would lose
+    every channel of a layer raises PassError (torch-pruning would skip it silently); the
+    pass's ``check`` runs the same round on a copy first, so the real model is not touched.
+    """
     dg = pruner.DG
     original = dg.check_pruning_group
-    refused: list[str] = []
 
     def check(group):
-        ok = original(group)
-        if not ok:
+        if not original(group):
             dep, idxs = group[0]
-            refused.append(f"{_name(pruner, dep.target.module)} ({dg.get_out_channels(dep.target.module)} "
-                           f"channels, {len(idxs)} to remove)")
-        return ok
+            layer = (f"{_name(pruner, dep.target.module)} ({dg.get_out_channels(dep.target.module)} channels, "
+                     f"{len(idxs)} to remove)")
+            raise PassError(f"{who}: pruning would remove every channel of layer {layer}{ratio_hint}; "
+                            "lower the ratio, set round_to, max_layer_ratio or layer_ratios for it, or ignore it")
+        return True
 
     dg.check_pruning_group = check
+    n = 0
     try:
-        groups = [g for g in pruner.step(interactive=True) if len(g[0].idxs) > 0]
+        for group in pruner.step(interactive=True):
+            if pruner.global_pruning and pruner.max_pruning_ratio < 1:
+                group = _cap(pruner, group)
+            if len(group[0].idxs) > 0:
+                group.prune()
+                n += 1
     finally:
         del dg.check_pruning_group  # back to the class method
-    if refused:
-        raise PassError(f"{who}: pruning would remove every channel of layer {refused[0]}{ratio_hint}; "
-                        "lower the ratio, set round_to, max_layer_ratio or layer_ratios for it, or ignore it")
-    if pruner.global_pruning and pruner.max_pruning_ratio < 1:
-        groups = [_cap(pruner, g) for g in groups]
-    return groups
+    return n
 
 
 def _cap(pruner: Pruner, group):
