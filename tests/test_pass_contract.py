@@ -1,7 +1,9 @@
-"""The pass contract: every registered pass, applied to a tiny detector with its default
-settings, leaves a model that still runs and exports to ONNX that ONNX Runtime runs
-with the original output shape. New passes are covered automatically; give a pass whose
-config has required fields a sample below (or the generic filler picks one)."""
+"""The pass contract: every registered pass, applied with its default settings to a tiny
+detector (or, if it refuses that with a PassError, to a tiny classifier), leaves a model
+that still runs and exports to ONNX that ONNX Runtime runs with the original output shape.
+A refusal must be a clean PassError from ``check`` that leaves the model untouched.
+New passes are covered automatically; give a pass whose config has required fields a
+sample below (or the generic filler picks one)."""
 
 from __future__ import annotations
 
@@ -12,9 +14,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from compress.errors import PassError
 from compress.passes import registered
 from compress.passes.base import PassConfig
-from prune_fixtures import IMGSZ, TinyDetAdapter, det_dataset, make_ctx, tiny_det
+from prune_fixtures import (IMGSZ, TinyClsAdapter, TinyDetAdapter, cls_dataset, det_dataset, make_ctx, tiny_cls,
+                            tiny_det)
+
+TINY = [("detector", tiny_det, TinyDetAdapter, det_dataset), ("classifier", tiny_cls, TinyClsAdapter, cls_dataset)]
 
 # small, fast settings for passes whose defaults train or calibrate for long
 SAMPLES: dict[str, dict] = {
@@ -54,30 +60,43 @@ def _ort_run(path, x: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("type_name", sorted(registered()))
 def test_every_pass_keeps_a_runnable_exportable_model(type_name, tmp_path):
-    from compress.export import export_onnx
-
     torch.set_num_threads(2)
     cls = registered()[type_name]
-    cfg = minimal_config(type_name, cls)
-    model = tiny_det()
-    adapter = TinyDetAdapter()
-    ctx = make_ctx(adapter, model, det_dataset(8), work_dir=tmp_path)
+    refusals = []
+    for kind, make_model, make_adapter, make_data in TINY:
+        model, adapter = make_model(), make_adapter()
+        ctx = make_ctx(adapter, model, make_data(8), work_dir=tmp_path / kind)
+        ctx.work_dir.mkdir()
+        p = cls(minimal_config(type_name, cls))
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        try:
+            p.check(model, ctx)
+        except PassError as e:
+            assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "check touched the model"
+            refusals.append(f"{kind}: {e}")
+            continue
+        _apply_and_export(p, model, adapter, ctx, tmp_path / kind)
+        return
+    pytest.fail(f"{type_name} refused every tiny model: {refusals}")
+
+
+def _apply_and_export(p, model, adapter, ctx, out):
+    from compress.export import export_onnx
+
     x = torch.rand(1, 3, IMGSZ, IMGSZ)
     with torch.no_grad():
         want_shape = tuple(adapter.forward(model, x).shape)
-    p = cls(cfg)
-    p.check(model, ctx)
     if p.stage == "torch":
         model = p.apply(model, ctx)
         assert isinstance(model, torch.nn.Module)
         model.eval()
         with torch.no_grad():
             assert tuple(adapter.forward(model, x).shape) == want_shape
-        path = export_onnx(model, adapter, tmp_path / "out.onnx", opset=17)
+        path = export_onnx(model, adapter, out / "out.onnx", opset=17)
     else:
         ctx.model = model
-        fp32 = export_onnx(model, adapter, tmp_path / "fp32.onnx", opset=17)
+        fp32 = export_onnx(model, adapter, out / "fp32.onnx", opset=17)
         path = p.apply_onnx(fp32, ctx)
     got = _ort_run(path, x.numpy())
     assert got.shape == want_shape and np.isfinite(got).all()
-    assert ctx.report.get(p.label), f"{type_name} wrote no report section"
+    assert ctx.report.get(p.label), f"{p.type} wrote no report section"
