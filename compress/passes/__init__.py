@@ -19,6 +19,8 @@ _BUILTIN = [
     "compress.passes.prune_unstructured",
     "compress.passes.prune_structured",
     "compress.passes.quantize_ptq",
+    "compress.passes.quantize_dynamic",
+    "compress.passes.quantize_qat",
 ]
 
 

@@ -1,0 +1,184 @@
+"""``quantize.ptq``: static int8 post-training quantization of the exported ONNX model.
+
+Backends: ``onnxruntime`` (quantize_static, QDQ), ``nncf`` (nncf.quantize on the ONNX
+graph) and ``torch`` (torch.ao observers per engine, exported as QDQ). All three keep a
+detector's decode tail float (``protect_head``), calibrate on the same preprocessed
+images, refuse an already-quantized model, and pick the overflow-safe setting on x86
+CPUs without VNNI. The pass never claims a speed-up: the runner measures latency.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from compress.errors import PassError
+from compress.passes.base import Pass, PassConfig, register
+
+_ONLY = {  # option -> the backends it applies to
+    "calibrate": ("onnxruntime",), "percentile": ("onnxruntime",), "per_channel": ("onnxruntime",),
+    "activation_type": ("onnxruntime",), "weight_type": ("onnxruntime",), "reduce_range": ("onnxruntime",),
+    "preset": ("nncf",), "fast_bias_correction": ("nncf",), "engine": ("torch",),
+}
+
+
+class PtqConfig(PassConfig):
+    backend: Literal["onnxruntime", "nncf", "torch"] = "onnxruntime"
+    samples: int | None = Field(default=None, ge=1)  # calibration images (300 or all when omitted)
+    protect_head: bool = True  # keep a detector's decode tail float
+    ignore: list[str] = []  # more layers to keep float: ONNX node names / op types, or re:<regex>
+    # onnxruntime
+    calibrate: Literal["minmax", "entropy", "percentile"] = "minmax"
+    percentile: float = Field(default=99.999, gt=90, le=100)
+    per_channel: bool = True
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    weight_type: Literal["int8", "uint8"] = "int8"
+    reduce_range: bool | Literal["auto"] = "auto"
+    # nncf
+    preset: Literal["performance", "mixed"] = "performance"
+    fast_bias_correction: bool = True
+    # torch
+    engine: Literal["x86", "qnnpack"] = "x86"
+
+    @model_validator(mode="after")
+    def _backend_options(self):
+        for name in sorted(self.model_fields_set):
+            allowed = _ONLY.get(name)
+            if allowed and self.backend not in allowed:
+                raise ValueError(f"'{name}' applies to backend {' / '.join(allowed)}, not '{self.backend}'")
+        if "percentile" in self.model_fields_set and self.calibrate != "percentile":
+            raise ValueError("'percentile' needs calibrate: percentile")
+        return self
+
+
+def check_common(pass_: Pass, model, ctx) -> None:
+    """Checks every int8 pass shares: calibration images and a 3-channel image input."""
+    from compress.quant.calib_reader import pick_images
+
+    pick_images(ctx.calibration, getattr(pass_.config, "samples", None), pass_.label)
+    x = ctx.adapter.example_input(1)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise PassError(f"{pass_.label}: the model takes input of shape {list(x.shape)}; int8 calibration "
+                        "needs a 3-channel image input (N, 3, H, W)")
+
+
+def record_float_nodes(section: dict, ctx, label: str, float_nodes, head, protect_head: bool, task: str) -> None:
+    """Report which nodes stayed float and why (section + one plain-language note)."""
+    from compress.quant.head import summarize
+
+    section["final_convs"] = list(head.final_convs)
+    section["float_nodes"] = [n.to_dict() for n in float_nodes]
+    if task != "detect":
+        return
+    if not protect_head:
+        ctx.notes.append(f"{label}: protect_head is off, so the detector's decode tail (box arithmetic, "
+                         "sigmoid scores, the boxes+scores Concat) is quantized too; if fidelity fails, "
+                         "turn protect_head back on")
+    elif float_nodes:
+        ctx.notes.append(f"{label}: kept {len(float_nodes)} decode-tail node(s) float: {summarize(float_nodes)}")
+    else:
+        ctx.notes.append(f"{label}: found no decode tail after the final convolutions; everything was quantized")
+
+
+@register("quantize.ptq")
+class QuantizePTQ(Pass):
+    """Static int8 of the exported ONNX model, calibrated on the calibration images."""
+
+    Config = PtqConfig
+    stage = "onnx"
+    needs_calibration = True
+
+    def check(self, model, ctx) -> None:
+        cfg = self.config
+        if cfg.backend == "nncf":
+            from compress.quant.backends import nncf as nncf_backend
+
+            if not nncf_backend.available():
+                raise PassError(f"{self.label}: backend 'nncf' needs the nncf package: pip install nncf")
+        if cfg.backend == "torch":
+            from compress.quant.backends.torch_ao import check_engine
+
+            check_engine(cfg.engine, self.label)
+        check_common(self, model, ctx)
+
+    def apply_onnx(self, onnx_path: Path, ctx) -> Path:
+        from compress.quant import qdq, safety
+        from compress.quant.calib_reader import pick_images, preprocess_batches
+
+        cfg, who = self.config, self.label
+        t0 = time.perf_counter()
+        fp32 = qdq.load(onnx_path)
+        qdq.ensure_float(fp32, who)
+        input_name, _ = qdq.image_input(fp32, who)
+        images, counts = pick_images(ctx.calibration, cfg.samples, who)
+        batches = preprocess_batches(ctx.adapter, images)
+        out = Path(ctx.work_dir) / f"{Path(onnx_path).stem}.int8.onnx"
+        task = ctx.adapter.task
+        section = ctx.section(self.label)
+        section.update(backend=cfg.backend, calibration=counts, protect_head=cfg.protect_head)
+
+        if cfg.backend == "onnxruntime":
+            from compress.quant.backends import ort
+
+            safe = safety.decide(cfg.reduce_range, cfg.activation_type, cfg.weight_type)
+            facts = ort.quantize(Path(onnx_path), out, input_name, batches, work_dir=Path(ctx.work_dir),
+                                 per_channel=cfg.per_channel, calibrate=cfg.calibrate, percentile=cfg.percentile,
+                                 activation_type=cfg.activation_type, weight_type=cfg.weight_type,
+                                 reduce_range=safe.reduce_range, protect_head=cfg.protect_head, ignore=cfg.ignore,
+                                 task=task, who=who)
+            section.update(calibrate=cfg.calibrate, per_channel=cfg.per_channel, format="QDQ",
+                           activation_type=cfg.activation_type, weight_type=cfg.weight_type,
+                           reduce_range=safe.reduce_range, preprocess=facts["preprocess"])
+        elif cfg.backend == "nncf":
+            from compress.quant.backends import nncf as nncf_backend
+
+            safe = safety.decide("auto", "uint8", "int8", remedy="NNCF's overflow fix halves the weight range")
+            facts = nncf_backend.quantize(Path(onnx_path), out, input_name, batches, preset=cfg.preset,
+                                          fast_bias_correction=cfg.fast_bias_correction,
+                                          overflow_fix=safe.reduce_range, protect_head=cfg.protect_head,
+                                          ignore=cfg.ignore, task=task, who=who)
+            section.update(preset=cfg.preset, fast_bias_correction=cfg.fast_bias_correction,
+                           overflow_fix="enable" if safe.reduce_range else "disable")
+        else:
+            safe = safety.decide("auto", "uint8", "int8", remedy="activations use 0..127 (reduce_range)")
+            facts = self._torch(Path(onnx_path), fp32, out, batches, ctx, safe.reduce_range)
+            section.update(**facts.pop("qconfig"))
+        section["cpu"] = safe.to_dict()
+        if safe.reduce_range:
+            ctx.notes.append(f"{who}: {safe.reason}")
+        record_float_nodes(section, ctx, who, facts["float_nodes"], facts["head"], cfg.protect_head, task)
+        result = qdq.load(out)
+        fp32_bytes, int8_bytes = Path(onnx_path).stat().st_size, out.stat().st_size
+        section.update(qdq=qdq.qdq_summary(result), fp32_bytes=fp32_bytes, int8_bytes=int8_bytes,
+                       size_ratio=round(fp32_bytes / max(1, int8_bytes), 2),
+                       seconds=round(time.perf_counter() - t0, 2),
+                       latency="not claimed here: see the report's latency measurement")
+        return out
+
+    def _torch(self, onnx_path: Path, fp32, out: Path, batches, ctx, safe_acts: bool) -> dict:
+        """torch.ao observers on a copy of ctx.model, calibrated, frozen and exported as QDQ."""
+        import torch
+
+        from compress.quant import head as headmod
+        from compress.quant.backends import torch_ao
+
+        cfg, who = self.config, self.label
+        if ctx.model is None:
+            raise PassError(f"{who}: backend 'torch' needs the torch model (ctx.model is not set)")
+        model = copy.deepcopy(ctx.model).eval()
+        torch_ao.fold_batchnorm(model, torch.from_numpy(batches[0]))
+        keep, head = headmod.float_nodes(fp32, cfg.protect_head, [], who, ctx.adapter.task)
+        skip = torch_ao.tail_modules(model, fp32, [n.name for n in keep])
+        skip |= torch_ao.match_modules(model, cfg.ignore, who)
+        act, weight, desc = torch_ao.qconfig(cfg.engine, qat=False, safe_activations=safe_acts)
+        wrapped = torch_ao.insert_quantizers(model, skip, act, weight)
+        torch_ao.calibrate(model, batches)
+        torch_ao.freeze(model)
+        opset = max((o.version for o in fp32.opset_import if o.domain in ("", "ai.onnx")), default=17)
+        facts = torch_ao.export_qdq(model, ctx.adapter, out, opset, fp32, who)
+        return {"float_nodes": keep, "head": head, "qconfig": {**desc, "wrapped_layers": len(wrapped),
+                                                                "float_layers": sorted(skip), **facts}}
