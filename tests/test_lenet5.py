@@ -92,7 +92,8 @@ def test_committed_weights_accuracy_recorded_and_remeasured(builtin):
     adapter, model = builtin
     val = builtin_dataset("digits", "val")
     measured = top1(adapter, model, val.samples)
-    assert measured == pytest.approx(recorded, abs=1e-6)
+    assert measured >= 0.95
+    assert measured == pytest.approx(recorded, abs=1.5 / len(val))  # at most one image flips on other CPUs
     assert top1(adapter, model, builtin_dataset("digits", "calib").samples) >= 0.95  # the other held-out split
 
 
