@@ -96,6 +96,18 @@ def test_ignore_keeps_named_layers_float(tmp_path):
         _ptq(ignore=["/typo/Conv"], samples=8).apply_onnx(fp32, ctx)
 
 
+def test_drift_on_demand_and_metadata(tmp_path):
+    ctx, fp32 = _setup(tmp_path)
+    out = _ptq(samples=8, diagnose=3).apply_onnx(fp32, ctx)
+    rows = ctx.report["quantize.ptq"]["drift"]
+    assert len(rows) == 3 and rows[0]["rel_error"] >= rows[-1]["rel_error"] >= 0
+    assert all(r["op"] in ("Conv", "graph output") for r in rows)
+    assert any("largest int8 activation drift" in n for n in ctx.notes)
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["quantization"].startswith("int8 static QDQ (onnxruntime)")
+    assert meta["task"] == "detect"  # the fp32 export's metadata is carried over
+
+
 def test_calibration_counts(tmp_path):
     ctx, fp32 = _setup(tmp_path, n=10)
     with pytest.warns(UserWarning, match="50 calibration images requested but only 10"):

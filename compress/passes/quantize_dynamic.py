@@ -108,15 +108,16 @@ class QuantizeDynamic(Pass):
         safe = safety.decide(cfg.reduce_range, "uint8", cfg.weight_type)
         out = Path(ctx.work_dir) / f"{Path(onnx_path).stem}.dynamic.onnx"
         tmp = Path(ctx.work_dir) / f"{Path(onnx_path).stem}.dynamic.tmp.onnx"
+        wtype = oq.QuantType.QInt8 if cfg.weight_type == "int8" else oq.QuantType.QUInt8
         try:
             oq.quantize_dynamic(model, str(tmp), op_types_to_quantize=["MatMul", "LSTM"], per_channel=cfg.per_channel,
-                                reduce_range=safe.reduce_range, weight_type=getattr(oq.QuantType, "QInt8" if
-                                cfg.weight_type == "int8" else "QUInt8"), extra_options={"MatMulConstBOnly": True})
+                                reduce_range=safe.reduce_range, weight_type=wtype,
+                                extra_options={"MatMulConstBOnly": True})
         except Exception as e:
             raise PassError(f"{who}: onnxruntime quantize_dynamic failed: {str(e).splitlines()[0] if str(e) else e}") from e
         result = onnx.load(str(tmp))
-        qdq._drop_unused(result)
-        qdq.save(result, out, metadata_from=fp32)
+        qdq.drop_unused(result)
+        qdq.save(result, out, metadata_from=fp32, extra={"quantization": "int8 dynamic (Linear/LSTM weights)"})
         tmp.unlink(missing_ok=True)
 
         done = qdq.op_counts(result)

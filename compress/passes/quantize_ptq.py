@@ -30,7 +30,9 @@ class PtqConfig(PassConfig):
     backend: Literal["onnxruntime", "nncf", "torch"] = "onnxruntime"
     samples: int | None = Field(default=None, ge=1)  # calibration images (300 or all when omitted)
     protect_head: bool = True  # keep a detector's decode tail float
-    ignore: list[str] = []  # more layers to keep float: ONNX node names / op types, or re:<regex>
+    # more layers to keep float: ONNX node names, op types or re:<regex> (backend torch: module names/types)
+    ignore: list[str] = []
+    diagnose: int = Field(default=0, ge=0)  # report the N layers whose int8 activations drift most
     # onnxruntime
     calibrate: Literal["minmax", "entropy", "percentile"] = "minmax"
     percentile: float = Field(default=99.999, gt=90, le=100)
@@ -55,11 +57,11 @@ class PtqConfig(PassConfig):
         return self
 
 
-def check_common(pass_: Pass, model, ctx) -> None:
-    """Checks every int8 pass shares: calibration images and a 3-channel image input."""
+def check_common(pass_: Pass, model, ctx, requested: int | None) -> None:
+    """Checks every int8 pass shares: enough calibration images and a 3-channel image input."""
     from compress.quant.calib_reader import pick_images
 
-    pick_images(ctx.calibration, getattr(pass_.config, "samples", None), pass_.label)
+    pick_images(ctx.calibration, requested, pass_.label)
     x = ctx.adapter.example_input(1)
     if x.ndim != 4 or x.shape[1] != 3:
         raise PassError(f"{pass_.label}: the model takes input of shape {list(x.shape)}; int8 calibration "
@@ -103,7 +105,7 @@ class QuantizePTQ(Pass):
             from compress.quant.backends.torch_ao import check_engine
 
             check_engine(cfg.engine, self.label)
-        check_common(self, model, ctx)
+        check_common(self, model, ctx, cfg.samples)
 
     def apply_onnx(self, onnx_path: Path, ctx) -> Path:
         from compress.quant import qdq, safety
@@ -152,6 +154,14 @@ class QuantizePTQ(Pass):
             ctx.notes.append(f"{who}: {safe.reason}")
         record_float_nodes(section, ctx, who, facts["float_nodes"], facts["head"], cfg.protect_head, task)
         result = qdq.load(out)
+        qdq.save(result, out, extra={"quantization": f"int8 static QDQ ({cfg.backend}), {len(images)} calibration "
+                                                     f"images, decode tail {'float' if cfg.protect_head else 'int8'}"})
+        if cfg.diagnose:
+            from compress.quant.drift import describe, diagnose_drift
+
+            rows = diagnose_drift(onnx_path, out, ctx.adapter, images[:8], k=cfg.diagnose)
+            section["drift"] = rows
+            ctx.notes.append(f"{who}: largest int8 activation drift: {describe(rows)}")
         fp32_bytes, int8_bytes = Path(onnx_path).stat().st_size, out.stat().st_size
         section.update(qdq=qdq.qdq_summary(result), fp32_bytes=fp32_bytes, int8_bytes=int8_bytes,
                        size_ratio=round(fp32_bytes / max(1, int8_bytes), 2),

@@ -30,7 +30,7 @@ class QatConfig(FinetuneConfig, PassConfig):
     engine: Literal["x86", "qnnpack"] = "x86"
     protect_head: bool = True
     ignore: list[str] = []  # Conv/Linear module names, class names or re:<regex> to keep float
-    calib_samples: int = Field(default=64, ge=1)  # images that initialise the ranges before training
+    calib_samples: int | None = Field(default=None, ge=1)  # images that set the initial ranges (64 when omitted)
 
 
 @register("quantize.qat")
@@ -47,7 +47,7 @@ class QuantizeQAT(Pass):
         from compress.quant.backends.torch_ao import check_engine
 
         check_engine(self.config.engine, self.label)
-        check_common(self, model, ctx)
+        check_common(self, model, ctx, self.config.calib_samples)
         check_finetune(ctx, self.config, self.label)
 
     def apply_onnx(self, onnx_path: Path, ctx) -> Path:
@@ -67,7 +67,7 @@ class QuantizeQAT(Pass):
         fp32 = qdq.load(onnx_path)
         qdq.ensure_float(fp32, who)
         qdq.image_input(fp32, who)
-        images, counts = pick_images(ctx.calibration, cfg.calib_samples, who)
+        images, counts = pick_images(ctx.calibration, cfg.calib_samples, who, default=64)
         batches = preprocess_batches(ctx.adapter, images)
 
         model = copy.deepcopy(ctx.model).eval()
@@ -86,7 +86,8 @@ class QuantizeQAT(Pass):
         torch_ao.freeze(model)
         out = Path(ctx.work_dir) / f"{Path(onnx_path).stem}.qat.onnx"
         opset = max((o.version for o in fp32.opset_import if o.domain in ("", "ai.onnx")), default=17)
-        facts = torch_ao.export_qdq(model, ctx.adapter, out, opset, fp32, who)
+        facts = torch_ao.export_qdq(model, ctx.adapter, out, opset, fp32, who,
+                                    extra={"quantization": f"int8 QAT QDQ (torch.ao {cfg.engine})"})
 
         section.update(backend="torch", **desc, calibration=counts, folded_batchnorm=folded_bn,
                        wrapped_layers=len(wrapped), float_layers=sorted(skip), finetune=train_report,

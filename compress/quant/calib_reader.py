@@ -22,9 +22,9 @@ MIN_SAMPLES = 8
 log = logging.getLogger("compress")
 
 
-def pick_images(data: Dataset | None, requested: int | None, who: str,
-                minimum: int = MIN_SAMPLES) -> tuple[list[np.ndarray], dict]:
-    """The first ``requested`` calibration images (``DEFAULT_SAMPLES`` or all when omitted).
+def pick_images(data: Dataset | None, requested: int | None, who: str, minimum: int = MIN_SAMPLES,
+                default: int = DEFAULT_SAMPLES) -> tuple[list[np.ndarray], dict]:
+    """The first ``requested`` calibration images (``default`` or all there are when omitted).
 
     Fewer images than an explicit ``requested`` -> a warning with both counts; fewer
     than ``minimum`` -> PassError saying how many are needed. Returns the images and
@@ -34,7 +34,7 @@ def pick_images(data: Dataset | None, requested: int | None, who: str,
     if available < minimum:
         raise PassError(f"{who}: needs at least {minimum} calibration images, got {available} "
                         "(set data.calibration in the recipe or pass --calib DIR)")
-    want = requested if requested is not None else DEFAULT_SAMPLES
+    want = requested if requested is not None else default
     used = min(want, available)
     if requested is not None and available < requested:
         msg = f"{who}: {requested} calibration images requested but only {available} available; using {available}"

@@ -98,11 +98,11 @@ def fold_weight_quantize(model: onnx.ModelProto) -> int:
     if folded:
         del graph.node[:]
         graph.node.extend(keep)
-        _drop_unused(model)
+        drop_unused(model)
     return folded
 
 
-def _drop_unused(model: onnx.ModelProto) -> None:
+def drop_unused(model: onnx.ModelProto) -> None:
     """Remove initializers and Constant nodes nothing reads any more."""
     graph = model.graph
     for _ in range(2):

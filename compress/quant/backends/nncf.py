@@ -41,6 +41,7 @@ def quantize(fp32_path: Path, out_path: Path, input_name: str, batches: list[np.
     dataset = nncf.Dataset(batches, lambda x: {input_name: x})
     advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE if overflow_fix else OverflowFix.DISABLE)
     scope = nncf.IgnoredScope(names=[n.name for n in keep], validate=False) if keep else None
+    nncf.set_log_level(logging.WARNING)  # its INFO lines list every node it skips
     try:
         out = nncf.quantize(model, dataset, preset=getattr(nncf.QuantizationPreset, preset.upper()),
                             target_device=nncf.TargetDevice.CPU, subset_size=len(batches),

@@ -224,7 +224,7 @@ def _qrange(q) -> tuple[int, int]:
 
 
 def export_qdq(model: nn.Module, adapter, path: Path, opset: int, metadata_from: onnx.ModelProto | None,
-               who: str) -> dict:
+               who: str, extra: dict | None = None) -> dict:
     """Export a frozen model to QDQ ONNX with 8-bit weight initializers; returns counts."""
     from compress.export import export_onnx
 
@@ -235,6 +235,6 @@ def export_qdq(model: nn.Module, adapter, path: Path, opset: int, metadata_from:
         raise PassError(f"{who}: exporting the fake-quant model failed: {str(e).splitlines()[0] if str(e) else e}") from e
     proto = onnx.load(str(tmp))
     folded = qdq.fold_weight_quantize(proto)
-    qdq.save(proto, path, metadata_from=metadata_from)
+    qdq.save(proto, path, metadata_from=metadata_from, extra=extra)
     tmp.unlink(missing_ok=True)
     return {"folded_weights": folded}
