@@ -48,6 +48,7 @@ def test_dynamic_quantizes_linear_weights_and_reports_conv_share(tmp_path):
     ref, got = _logits(ctx, out)
     assert np.abs(ref - got).max() < 0.05 * (np.abs(ref).max() + 1e-6) + 1e-3
     section = ctx.report["quantize.dynamic"]
+    assert section["quantized"] is True
     macs = section["macs"]
     assert macs["conv"] > macs["linear"] > 0
     assert macs["linear"] == 16 * 64 + 64 * 2
@@ -78,6 +79,7 @@ def test_qat_detector_exports_qdq_that_still_detects(tmp_path):
     int8_w = [i for i in graph.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
     assert len(int8_w) == 7  # every conv but the DFL expectation
     section = ctx.report["quantize.qat"]
+    assert section["quantized"] is True
     assert section["float_layers"] == ["dfl"]
     assert section["finetune"]["steps"] == 2 and section["finetune"]["loss"] == "distill"
     assert agreement(adapter, model, out, data)["agreement_map50"] >= 0.95

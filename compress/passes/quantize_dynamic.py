@@ -124,7 +124,7 @@ class QuantizeDynamic(Pass):
         macs = count_macs(ctx.model if ctx.model is not None else ctx.reference, ctx.adapter.example_input(1))
         total = max(1, sum(macs.values()))
         section = ctx.section(who)
-        section.update(weight_type=cfg.weight_type, per_channel=cfg.per_channel, reduce_range=safe.reduce_range,
+        section.update(quantized=True, weight_type=cfg.weight_type, per_channel=cfg.per_channel, reduce_range=safe.reduce_range,
                        cpu=safe.to_dict(), macs=macs,
                        quantized={"MatMulInteger": done.get("MatMulInteger", 0),
                                   "DynamicQuantizeLSTM": done.get("DynamicQuantizeLSTM", 0)},

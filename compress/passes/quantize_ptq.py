@@ -121,7 +121,7 @@ class QuantizePTQ(Pass):
         out = Path(ctx.work_dir) / f"{Path(onnx_path).stem}.int8.onnx"
         task = ctx.adapter.task
         section = ctx.section(self.label)
-        section.update(backend=cfg.backend, calibration=counts, protect_head=cfg.protect_head)
+        section.update(quantized=True, backend=cfg.backend, calibration=counts, protect_head=cfg.protect_head)
 
         if cfg.backend == "onnxruntime":
             from compress.quant.backends import ort

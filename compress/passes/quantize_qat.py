@@ -89,7 +89,7 @@ class QuantizeQAT(Pass):
         facts = torch_ao.export_qdq(model, ctx.adapter, out, opset, fp32, who,
                                     extra={"quantization": f"int8 QAT QDQ (torch.ao {cfg.engine})"})
 
-        section.update(backend="torch", **desc, calibration=counts, folded_batchnorm=folded_bn,
+        section.update(quantized=True, backend="torch", **desc, calibration=counts, folded_batchnorm=folded_bn,
                        wrapped_layers=len(wrapped), float_layers=sorted(skip), finetune=train_report,
                        cpu=safe.to_dict(), **facts)
         if safe.reduce_range:
