@@ -124,10 +124,10 @@ class QuantizeDynamic(Pass):
         macs = count_macs(ctx.model if ctx.model is not None else ctx.reference, ctx.adapter.example_input(1))
         total = max(1, sum(macs.values()))
         section = ctx.section(who)
-        section.update(quantized=True, weight_type=cfg.weight_type, per_channel=cfg.per_channel, reduce_range=safe.reduce_range,
-                       cpu=safe.to_dict(), macs=macs,
-                       quantized={"MatMulInteger": done.get("MatMulInteger", 0),
-                                  "DynamicQuantizeLSTM": done.get("DynamicQuantizeLSTM", 0)},
+        section.update(quantized=True, weight_type=cfg.weight_type, per_channel=cfg.per_channel,
+                       reduce_range=safe.reduce_range, cpu=safe.to_dict(), macs=macs,
+                       quantized_ops={"MatMulInteger": done.get("MatMulInteger", 0),
+                                      "DynamicQuantizeLSTM": done.get("DynamicQuantizeLSTM", 0)},
                        float_gru=ops.get("GRU", 0), conv_layers_float=ops.get("Conv", 0),
                        fp32_bytes=Path(onnx_path).stat().st_size, int8_bytes=out.stat().st_size,
                        seconds=round(time.perf_counter() - t0, 2))
