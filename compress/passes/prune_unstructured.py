@@ -2,7 +2,8 @@
 
 Done with ``torch.nn.utils.prune``: ``l1_unstructured`` per layer (scope ``local``: every
 layer to its target's amount) or ``global_unstructured`` (scope ``global``: one magnitude
-threshold across all layers of a target entry). ``granularity: channel`` zeroes whole
+threshold across all layers that share an amount, i.e. across the whole model unless
+target entries give different amounts). Later target entries override earlier ones. ``granularity: channel`` zeroes whole
 output filters per layer with ``ln_structured`` (n=1 or 2). For single weights the l1 and
 l2 norms rank identically (|w| vs w^2), so ``norm`` only matters for ``channel``.
 Masks are made permanent (``prune.remove``) before the model is returned.

@@ -98,13 +98,17 @@ class _Acc:
         self.s = None
 
     def add(self, f: torch.Tensor, m: torch.Tensor) -> None:
-        f = f.detach().double()
+        f = f.detach().float()
         if f.dim() == 2:
             f = f[:, :, None, None]
-        bg = 1.0 - m
-        parts = torch.stack([(f * m).sum((0, 2, 3)), (f * f * m).sum((0, 2, 3)),
-                             (f * bg).sum((0, 2, 3)), (f * f * bg).sum((0, 2, 3))])
-        counts = torch.tensor([float(m.sum()), float(bg.sum())], dtype=torch.float64)
+        m = m[:, 0].to(f.dtype)  # (B, h, w)
+        f2 = f * f
+        s_in = torch.einsum("bchw,bhw->c", f, m).double()
+        ss_in = torch.einsum("bchw,bhw->c", f2, m).double()
+        s_all, ss_all = f.sum((0, 2, 3)).double(), f2.sum((0, 2, 3)).double()
+        parts = torch.stack([s_in, ss_in, s_all - s_in, ss_all - ss_in])
+        n_in = float(m.sum())
+        counts = torch.tensor([n_in, float(m.numel()) - n_in], dtype=torch.float64)
         if self.s is None:
             self.s, self.n = parts, counts
         else:

@@ -33,7 +33,7 @@ import torch_pruning as tp
 from torch import nn
 
 
-def cluster_keep(features: np.ndarray, k: int, seed: int = 0, n_init: int = 10) -> np.ndarray:
+def cluster_keep(features: np.ndarray, k: int, seed: int = 0, n_init: int = 5) -> np.ndarray:
     """Boolean mask over channels: the max in-box-variance channel of each of ``k`` clusters."""
     n = len(features)
     if k >= n:
@@ -43,8 +43,10 @@ def cluster_keep(features: np.ndarray, k: int, seed: int = 0, n_init: int = 10) 
     std = x.std(0)
     x = (x - x.mean(0)) / np.where(std > 0, std, 1.0)
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
-    with warnings.catch_warnings():
+    # one thread: a few hundred 4-d points per layer, where thread start-up costs more than it saves
+    with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore")  # duplicate points -> fewer distinct clusters: fine
         labels = KMeans(n_clusters=k, init="k-means++", random_state=seed, n_init=n_init).fit_predict(x)
     keep = np.zeros(n, bool)
@@ -55,7 +57,7 @@ def cluster_keep(features: np.ndarray, k: int, seed: int = 0, n_init: int = 10) 
     return keep
 
 
-def cluster_scores(features: np.ndarray, k: int, seed: int = 0, n_init: int = 10) -> np.ndarray:
+def cluster_scores(features: np.ndarray, k: int, seed: int = 0, n_init: int = 5) -> np.ndarray:
     """Per-channel importance: representatives ``1 + v``, others ``0.5 * v`` (see module doc)."""
     keep = cluster_keep(features, k, seed, n_init)
     var = np.asarray(features[:, 1], np.float64)
@@ -76,7 +78,7 @@ class FmapClusterImportance(tp.importance.Importance):
     what the pruner is about to do, from which ``K`` follows.
     """
 
-    def __init__(self, plan: Callable[[nn.Module], tuple[int, float]], seed: int = 0, n_init: int = 10):
+    def __init__(self, plan: Callable[[nn.Module], tuple[int, float]], seed: int = 0, n_init: int = 5):
         self.plan = plan
         self.seed = seed
         self.n_init = n_init
@@ -97,7 +99,7 @@ class FmapClusterImportance(tp.importance.Importance):
         return torch.as_tensor(scores[list(root_idxs)], dtype=torch.float32)
 
 
-def make_importance(criterion: str, *, plan=None, seed: int = 0, n_init: int = 10):
+def make_importance(criterion: str, *, plan=None, seed: int = 0, n_init: int = 5):
     """The torch-pruning Importance for a criterion name."""
     if criterion == "l1":
         return tp.importance.MagnitudeImportance(p=1)
