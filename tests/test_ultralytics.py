@@ -193,7 +193,7 @@ def test_ultralytics_pickle_needs_trust(v8, tmp_path):
 
 
 @pytest.mark.parametrize("spec, message", [
-    (dict(builtin="yolov8n.pt"), "not an Ultralytics model yaml"),
+    (dict(builtin="yolov8n.pt"), "neither an Ultralytics model yaml"),
     (dict(builtin="yolov99z.yaml"), "unknown Ultralytics model yaml 'yolov99z.yaml'"),
     (dict(builtin="yolov8n-seg.yaml"), "only Ultralytics detection models"),
     (dict(builtin="yolov8n.yaml", imgsz=100), "not a multiple of the model stride 32"),

@@ -30,6 +30,7 @@ from compress.models.ultralytics_blocks import (conv_groups, is_split_free, resi
 from compress.offline import import_ultralytics
 
 CHECKPOINT_FORMAT = 1
+ZOO = Path(__file__).resolve().parent.parent / "zoo" / "weights"  # trained models shipped with the package
 _LOSS_GAINS = {"box": 7.5, "cls": 0.5, "dfl": 1.5}  # Ultralytics' default.yaml values (used if unreadable)
 
 
@@ -42,6 +43,8 @@ class UltralyticsAdapter(Adapter):
     def load(cls, spec, ckpt, trust_checkpoint: bool):
         import_ultralytics()
         info: dict = {}
+        if ckpt is None and (ZOO / f"{spec.builtin}.pt").is_file():  # a committed model, e.g. yolov8n-digits
+            ckpt = torch.load(ZOO / f"{spec.builtin}.pt", map_location="cpu", weights_only=True)
         if ckpt is None:
             model = _build_from_yaml(spec.builtin, len(spec.class_names) if spec.class_names else None)
         elif isinstance(ckpt, dict) and ckpt.get("adapter") == "ultralytics" and "yaml" in ckpt:
@@ -132,9 +135,10 @@ def _build_from_yaml(cfg: str, nc: int | None) -> nn.Module:
     from ultralytics.nn.tasks import DetectionModel
 
     if not str(cfg).endswith((".yaml", ".yml")):
+        shipped = ", ".join(sorted(p.stem for p in ZOO.glob("yolo*.pt"))) or "none"
         raise ModelLoadError(
-            f"model.builtin '{cfg}' is not an Ultralytics model yaml (e.g. yolov8n.yaml, yolo11n.yaml); "
-            "weights are never downloaded: pass a local .pt as model.checkpoint")
+            f"model.builtin '{cfg}' is neither an Ultralytics model yaml (e.g. yolov8n.yaml, yolo11n.yaml) nor a "
+            f"shipped model ({shipped}); weights are never downloaded: pass a local .pt as model.checkpoint")
     try:
         return DetectionModel(str(cfg), nc=nc, verbose=False)
     except FileNotFoundError:
