@@ -60,7 +60,7 @@ def test_pass_task_loss_auto_and_lr_scale():
     p.apply(model, ctx)
     sec = ctx.report["finetune"]
     assert sec["loss"] == "task" and sec["lr"] == pytest.approx(1e-4)
-    assert sec["loss_before"] > 0 and sec["seconds"] >= 0
+    assert sec["loss_before"] > 0 and sec["seconds"] >= 0 and sec["train_loss_last"] > 0
 
 
 def test_bad_input():
@@ -78,3 +78,6 @@ def test_bad_input():
     ctx = make_ctx(TinyDetAdapter(), tiny_det(), det_dataset(4, labelled=False))
     with pytest.raises(PassError, match="labelled"):
         Finetune(Finetune.Config(type="finetune", loss="task")).check(ctx.reference, ctx)
+    if not torch.cuda.is_available():
+        with pytest.raises(PassError, match="CUDA"):
+            Finetune(Finetune.Config(type="finetune", device="cuda")).check(ctx.reference, ctx)

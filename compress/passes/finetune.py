@@ -109,7 +109,8 @@ def resolve_loss(ctx: "Context", cfg: FinetuneConfig, labelled: bool, who: str =
 
 
 def check_finetune(ctx: "Context", cfg: FinetuneConfig, who: str = "finetune") -> str:
-    """Validate data and loss before any model is touched; returns the loss kind."""
+    """Validate data, loss and device before any model is touched; returns the loss kind."""
+    _device(cfg, who)
     if cfg.data is None:
         data = ctx.require_calibration(who)
         labelled = data.has_labels
@@ -118,11 +119,11 @@ def check_finetune(ctx: "Context", cfg: FinetuneConfig, who: str = "finetune") -
     return resolve_loss(ctx, cfg, labelled, who)
 
 
-def _device(cfg: FinetuneConfig):
+def _device(cfg: FinetuneConfig, who: str = "finetune"):
     import torch
 
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise PassError("finetune: device 'cuda' requested but CUDA is not available")
+        raise PassError(f"{who}: device 'cuda' requested but CUDA is not available (use device: auto)")
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(cfg.device)
@@ -235,7 +236,7 @@ def run_finetune(model: "nn.Module", ctx: "Context", cfg: BaseModel, *, fake_qua
     cfg = finetune_config(cfg)
     data = training_data(ctx, cfg, label)
     kind = resolve_loss(ctx, cfg, data.has_labels, label)
-    device = _device(cfg)
+    device = _device(cfg, label)
     try:
         home = next(model.parameters()).device
     except StopIteration:
@@ -298,6 +299,7 @@ def run_finetune(model: "nn.Module", ctx: "Context", cfg: BaseModel, *, fake_qua
         teacher.to(home)
     if report is not None:
         report.update({"loss": kind, "loss_before": round(before, 6), "loss_after": round(after, 6),
+                       "train_loss_last": round(sum(losses[-10:]) / len(losses[-10:]), 6),
                        "steps": total, "images": len(data), "batch_size": batches.bs, "lr": cfg.lr,
                        "optimizer": cfg.optimizer, "device": str(device),
                        "seconds": round(time.perf_counter() - t0, 2)})
