@@ -1,0 +1,124 @@
+"""End-to-end runs through the CLI: one per recipe family, on the built-in models and data.
+
+Kept small (few validation images, short latency runs) so the suite stays fast; the
+full-size numbers come from benchmarks/.
+"""
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import yaml
+
+from compress.cli import main
+
+ROOT = Path(__file__).parents[1]
+FAST = ["--set", "fidelity.samples=40", "--set", "benchmark.runs=5", "--set", "benchmark.warmup=1",
+        "--set", "fidelity.overlays=2", "--quiet"]
+
+
+def cli(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+def report_of(out: Path) -> dict:
+    return json.loads((out / "report.json").read_text())
+
+
+def test_digitdet_export_only_agrees_with_torch(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli("run", ROOT / "recipes/digitdet-export.yaml", "--out", out, *FAST)
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "Stages" in printed and "PASS" in printed
+    rep = report_of(out)
+    fid = rep["fidelity"]
+    assert fid["passed"] is True and fid["measurable"] is True
+    assert fid["agreement_map50"] >= 0.99 and fid["matched_recall"] >= 0.99
+    for side in ("original", "compressed"):
+        for key in ("params", "macs", "onnx_bytes", "latency_ms", "map50", "map50_95"):
+            assert rep[side][key] is not None, (side, key)
+    assert rep["original"]["params"] == rep["compressed"]["params"]
+    for name in ("model.onnx", "original.onnx", "report.md", "recipe.yaml", "model.pt"):
+        assert (out / name).is_file(), name
+    assert len(list((out / "overlays").glob("*.png"))) == 2
+    assert not list(tmp_path.glob("run.tmp-*")), "temporary folder left behind"
+    m = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(m)
+    assert m.opset_import[0].version >= 17
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert meta["names"].split(",") == [str(i) for i in range(10)]
+    assert meta["imgsz"] == "128" and meta["task"] == "detect" and "preprocess" in meta
+    resolved = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert resolved["fidelity"]["samples"] == 40
+    assert meta["recipe_hash"] == rep["recipe"]["digest"]
+
+
+def test_original_without_detections_is_not_measurable(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli("run", ROOT / "recipes/digitdet-export.yaml", "--out", out, *FAST, "--set", "fidelity.conf=0.9999")
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "not measurable" in err and "no detections" in err
+    fid = report_of(out)["fidelity"]
+    assert fid["passed"] is False and fid["measurable"] is False and "no detections" in fid["reason"]
+
+
+def test_failed_threshold_exits_3_and_still_writes_report(tmp_path, capsys):
+    r = tmp_path / "r.yaml"
+    r.write_text(yaml.safe_dump({
+        "name": "broken", "model": {"builtin": "digitdet"},
+        "data": {"calibration": {"builtin": "digits-det", "split": "calib", "samples": 16},
+                 "validation": {"builtin": "digits-det", "split": "val"}},
+        "passes": [{"type": "prune.structured", "criterion": "random", "ratio": 0.9}],
+    }))
+    out = tmp_path / "run"
+    code = cli("run", r, "--out", out, *FAST)
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "fidelity check failed" in err
+    rep = report_of(out)
+    assert rep["fidelity"]["passed"] is False and rep["fidelity"]["failures"]
+    assert rep["compressed"]["params"] < 0.5 * rep["original"]["params"]
+    assert "FAIL" in (out / "report.md").read_text()
+
+
+def test_crash_mid_run_leaves_nothing(tmp_path, monkeypatch):
+    import compress.export
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated crash during export")
+
+    monkeypatch.setattr(compress.export, "export_onnx", boom)
+    out = tmp_path / "run"
+    code = cli("run", ROOT / "recipes/digitdet-export.yaml", "--out", out, *FAST)
+    assert code == 1
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_lenet5_classifier_export(tmp_path):
+    r = tmp_path / "r.yaml"
+    r.write_text(yaml.safe_dump({
+        "name": "lenet5-export", "model": {"builtin": "lenet5"},
+        "data": {"validation": {"builtin": "digits", "split": "val"}}}))
+    out = tmp_path / "run"
+    assert cli("run", r, "--out", out, *FAST) == 0
+    rep = report_of(out)
+    assert rep["fidelity"]["top1_agreement"] == 1.0
+    assert rep["original"]["accuracy"] >= 0.9
+
+
+@pytest.mark.yolo
+@pytest.mark.slow
+def test_yolov8n_export_agrees(tmp_path):
+    pytest.importorskip("ultralytics")
+    r = tmp_path / "r.yaml"
+    r.write_text(yaml.safe_dump({
+        "name": "yolov8n-export", "model": {"builtin": "yolov8n-digits", "adapter": "ultralytics"},
+        "data": {"validation": {"builtin": "digits-det", "split": "val"}},
+        "benchmark": {"threads": 1}}))
+    out = tmp_path / "run"
+    assert cli("run", r, "--out", out, *FAST) == 0
+    fid = report_of(out)["fidelity"]
+    assert fid["agreement_map50"] >= 0.99 and fid["passed"]
