@@ -13,7 +13,7 @@ labelled val split, file size, ONNX Runtime CPU latency (all files of one model 
 process, interleaved, same thread count) and quantization wall time. Prints a markdown
 table and writes it to ``<out>/quant_peers.md``.
 
-    python benchmarks/quant_peers.py [--threads 2] [--runs 50] [--val 200] [--out runs/bench]
+    python benchmarks/quant_peers.py [--threads 2] [--runs 50] [--val 200] [--out DIR] [--digitdet CKPT]
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 YOLO_WEIGHTS = ROOT / "compress" / "zoo" / "weights" / "yolov8n-digits.pt"
 
 
-def _models() -> list[tuple[str, object]]:
+def _models(digitdet: str | None) -> list[tuple[str, object]]:
     from compress.recipe import ModelSpec
 
-    specs = [("digitdet", ModelSpec(builtin="digitdet"))]
+    dd = ModelSpec(checkpoint=digitdet, adapter="digitdet") if digitdet else ModelSpec(builtin="digitdet")
+    specs = [("digitdet", dd)]
     if YOLO_WEIGHTS.is_file():
         specs.append(("yolov8n-digits", ModelSpec(checkpoint=str(YOLO_WEIGHTS), adapter="ultralytics")))
     else:
@@ -136,6 +137,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calib", type=int, default=300)
     ap.add_argument("--val", type=int, default=200)
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "quant_peers"))
+    ap.add_argument("--digitdet", default=None, help="a digitdet checkpoint instead of the built-in weights")
     args = ap.parse_args(argv)
 
     import torch
@@ -147,7 +149,7 @@ def main(argv=None) -> int:
     val = builtin_dataset("digits-det", "val", args.val)
     out = Path(args.out)
     rows = []
-    for name, spec in _models():
+    for name, spec in _models(args.digitdet):
         rows += bench_model(name, spec, out / name, calib, val, args.threads, args.runs)
     text = table(rows, args.threads)
     text += (f"\n{len(calib)} calibration images (digits-det/calib), {len(val)} validation images (digits-det/val); "

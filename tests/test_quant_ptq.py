@@ -208,3 +208,27 @@ def test_weight_folding_matches_onnx_quantize_linear():
     assert {i.name for i in model.graph.initializer} == {"q", "s", "z"}
     after = ort.InferenceSession(model.SerializeToString()).run(None, {})[0]
     np.testing.assert_array_equal(before, after)
+
+
+def test_compact_names_shrink_the_file_not_the_results(tmp_path):
+    import onnxruntime as ort
+
+    ctx, fp32 = _setup(tmp_path)
+    out = _ptq(samples=8).apply_onnx(fp32, ctx)
+    model = onnx.load(str(out))
+    assert not any(n.output[0].endswith("_QuantizeLinear_Output") for n in model.graph.node)
+    assert {n.name for n in model.graph.node if n.op_type == "Conv"} >= {"/stem/stem.0/Conv", "/cls.1/Conv"}
+    x = ctx.adapter.preprocess([ctx.calibration[0].image])[0].numpy()
+    before = ort.InferenceSession(str(out)).run(None, {"images": x})[0]
+    assert qdq.compact_qdq_names(model) == 0  # already compact
+    # a verbose twin: rename the short names back to long ones, then compact again
+    long = {n: f"{n}_a_very_long_generated_quantization_tensor_name" for n in
+            {x for node in model.graph.node if node.op_type.endswith("quantizeLinear") for x in node.output}}
+    for node in model.graph.node:
+        node.input[:] = [long.get(v, v) for v in node.input]
+        node.output[:] = [long.get(v, v) for v in node.output]
+    size_long = len(model.SerializeToString())
+    assert qdq.compact_qdq_names(model) >= len(long) > 0
+    assert len(model.SerializeToString()) < size_long
+    after = ort.InferenceSession(model.SerializeToString()).run(None, {"images": x})[0]
+    np.testing.assert_array_equal(before, after)

@@ -9,6 +9,7 @@ with the float model's metadata carried over.
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -25,6 +26,9 @@ QUANT_OPS = frozenset({
     "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM",
     "MatMulIntegerToFloat", "QGemm", "QAttention",
 })
+
+
+_SHORT = re.compile(r"q\d+")
 
 
 def load(path: str | os.PathLike) -> onnx.ModelProto:
@@ -118,6 +122,52 @@ def drop_unused(model: onnx.ModelProto) -> None:
         ins = [i for i in graph.input if i.name in used or i.name not in names]
         del graph.input[:]
         graph.input.extend(ins)
+
+
+def compact_qdq_names(model: onnx.ModelProto) -> int:
+    """Give QuantizeLinear/DequantizeLinear nodes, their outputs and their scale / zero-point /
+    weight initializers short names (``q12``); returns how many names changed.
+
+    Quantizers name every generated tensor after its source (``<tensor>_QuantizeLinear_Output``,
+    ``<tensor>_DequantizeLinear_Output``, ``<tensor>_zero_point``...), so each QDQ pair repeats a
+    long name up to eight times: about a tenth of a small int8 file. Names of the original
+    graph's nodes and tensors (Conv outputs etc.) are kept.
+    """
+    graph = model.graph
+    keep = {i.name for i in graph.input} | {o.name for o in graph.output}
+    inits = {i.name for i in graph.initializer}
+    taken = {x for n in graph.node for x in (*n.input, *n.output)} | inits
+    rename: dict[str, str] = {}
+    counter = iter(range(10 ** 9))
+
+    def short(name: str) -> None:
+        if not name or name in keep or name in rename or _SHORT.fullmatch(name):
+            return
+        new = f"q{next(counter)}"
+        while new in taken:
+            new = f"q{next(counter)}"
+        rename[name] = new
+
+    for n in graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            for x in n.output:
+                short(x)
+            for x in n.input:
+                if x in inits:
+                    short(x)
+            if not _SHORT.fullmatch(n.name[1:] if n.name else ""):
+                n.name = ""
+    if not rename:
+        return 0
+    for i, n in enumerate(graph.node):
+        n.input[:] = [rename.get(x, x) for x in n.input]
+        n.output[:] = [rename.get(x, x) for x in n.output]
+        if not n.name:
+            n.name = f"{n.op_type[0].lower()}q{i}"  # qq12 / dq13
+    for coll in (graph.initializer, graph.value_info):
+        for item in coll:
+            item.name = rename.get(item.name, item.name)
+    return len(rename)
 
 
 def qdq_summary(model: onnx.ModelProto) -> dict:

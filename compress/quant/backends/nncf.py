@@ -50,5 +50,6 @@ def quantize(fp32_path: Path, out_path: Path, input_name: str, batches: list[np.
     except Exception as e:
         raise PassError(f"{who}: nncf.quantize failed: {str(e).splitlines()[0] if str(e) else e}") from e
     folded = qdq.fold_weight_quantize(out)
+    qdq.compact_qdq_names(out)
     qdq.save(out, out_path, metadata_from=model)
     return {"float_nodes": keep, "head": head, "folded_weights": folded}

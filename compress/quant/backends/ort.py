@@ -73,6 +73,7 @@ def quantize(fp32_path: Path, out_path: Path, input_name: str, batches: list[np.
     except Exception as e:
         raise PassError(f"{who}: onnxruntime quantize_static failed: {str(e).splitlines()[0] if str(e) else e}") from e
     out = onnx.load(str(tmp))
+    qdq.compact_qdq_names(out)
     src = onnx.load(str(fp32_path), load_external_data=False)
     qdq.save(out, out_path, metadata_from=src)
     tmp.unlink(missing_ok=True)

@@ -235,6 +235,7 @@ def export_qdq(model: nn.Module, adapter, path: Path, opset: int, metadata_from:
         raise PassError(f"{who}: exporting the fake-quant model failed: {str(e).splitlines()[0] if str(e) else e}") from e
     proto = onnx.load(str(tmp))
     folded = qdq.fold_weight_quantize(proto)
+    qdq.compact_qdq_names(proto)
     qdq.save(proto, path, metadata_from=metadata_from, extra=extra)
     tmp.unlink(missing_ok=True)
     return {"folded_weights": folded}
