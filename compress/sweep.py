@@ -203,7 +203,7 @@ def _md_cell(key: str, v: Any) -> str:
     if isinstance(v, float) and key == "latency_ms":
         return f"{v:.4g}"
     if isinstance(v, float) and key == "accuracy_x_fps":
-        return f"{v:,.0f}"
+        return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
     return fmt(v).replace("|", "/")
 
 
