@@ -89,9 +89,10 @@ def bench_model(name: str, spec, out_dir: Path, calib, val, threads: int, runs: 
     images = [s.image for s in calib]
     batches = preprocess_batches(adapter, images)
     files, seconds = {"fp32": fp32}, {"fp32": None}
-    for label, fn in (("compress quantize.ptq", lambda: _workbench(fp32, out_dir, adapter, copy.deepcopy(model), calib)),
-                      ("ort quantize_static defaults", lambda: _plain_ort(fp32, out_dir, batches, "images")),
-                      ("nncf.quantize defaults", lambda: _plain_nncf(fp32, out_dir, batches, "images"))):
+    methods = (("compress quantize.ptq", lambda: _workbench(fp32, out_dir, adapter, copy.deepcopy(model), calib)),
+               ("ort quantize_static defaults", lambda: _plain_ort(fp32, out_dir, batches, "images")),
+               ("nncf.quantize defaults", lambda: _plain_nncf(fp32, out_dir, batches, "images")))
+    for label, fn in methods:
         t0 = time.perf_counter()
         try:
             files[label] = fn()

@@ -114,7 +114,7 @@ class QuantizeDynamic(Pass):
                                 reduce_range=safe.reduce_range, weight_type=wtype,
                                 extra_options={"MatMulConstBOnly": True})
         except Exception as e:
-            raise PassError(f"{who}: onnxruntime quantize_dynamic failed: {str(e).splitlines()[0] if str(e) else e}") from e
+            raise PassError(f"{who}: onnxruntime quantize_dynamic failed: {qdq.first_line(e)}") from e
         result = onnx.load(str(tmp))
         qdq.drop_unused(result)
         qdq.save(result, out, metadata_from=fp32, extra={"quantization": "int8 dynamic (Linear/LSTM weights)"})

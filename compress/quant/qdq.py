@@ -31,6 +31,12 @@ QUANT_OPS = frozenset({
 _SHORT = re.compile(r"q\d+")
 
 
+def first_line(e: Exception) -> str:
+    """The first line of an exception's message (library errors can be pages long)."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
 def load(path: str | os.PathLike) -> onnx.ModelProto:
     p = Path(path)
     if not p.is_file():
@@ -173,7 +179,8 @@ def compact_qdq_names(model: onnx.ModelProto) -> int:
 def qdq_summary(model: onnx.ModelProto) -> dict:
     """How many QDQ pairs and which of the weight-bearing layers run on 8-bit weights."""
     counts = op_counts(model)
-    int8_inits = sum(1 for i in model.graph.initializer if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8))
+    eight_bit = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    int8_inits = sum(1 for i in model.graph.initializer if i.data_type in eight_bit)
     return {"quantize_linear": counts.get("QuantizeLinear", 0), "dequantize_linear": counts.get("DequantizeLinear", 0),
             "int8_initializers": int8_inits}
 

@@ -48,7 +48,7 @@ def quantize(fp32_path: Path, out_path: Path, input_name: str, batches: list[np.
                             fast_bias_correction=fast_bias_correction, ignored_scope=scope,
                             advanced_parameters=advanced)
     except Exception as e:
-        raise PassError(f"{who}: nncf.quantize failed: {str(e).splitlines()[0] if str(e) else e}") from e
+        raise PassError(f"{who}: nncf.quantize failed: {qdq.first_line(e)}") from e
     folded = qdq.fold_weight_quantize(out)
     qdq.compact_qdq_names(out)
     qdq.save(out, out_path, metadata_from=model)

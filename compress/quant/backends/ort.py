@@ -32,7 +32,7 @@ def preprocess(src: Path, dst: Path) -> str:
             quant_pre_process(str(src), str(dst), **kwargs)
             return label
         except Exception as e:  # a model ORT's shape tools cannot handle is still quantizable
-            log.info("quant_pre_process (%s) failed: %s", label, str(e).splitlines()[0] if str(e) else e)
+            log.info("quant_pre_process (%s) failed: %s", label, qdq.first_line(e))
     shutil.copyfile(src, dst)
     return "none (pre-processing failed; graph used as exported)"
 
@@ -71,7 +71,7 @@ def quantize(fp32_path: Path, out_path: Path, input_name: str, batches: list[np.
     except PassError:
         raise
     except Exception as e:
-        raise PassError(f"{who}: onnxruntime quantize_static failed: {str(e).splitlines()[0] if str(e) else e}") from e
+        raise PassError(f"{who}: onnxruntime quantize_static failed: {qdq.first_line(e)}") from e
     out = onnx.load(str(tmp))
     qdq.compact_qdq_names(out)
     src = onnx.load(str(fp32_path), load_external_data=False)

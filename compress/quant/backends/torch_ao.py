@@ -119,8 +119,10 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> int:
         if src is not None:
             pairs.append([src, names[mod]])
 
-    hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
-    hooks += [m.register_forward_pre_hook(bn_hook) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, convs)]
+    hooks += [m.register_forward_pre_hook(bn_hook) for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     model.eval()
     try:
         with torch.no_grad():
@@ -232,7 +234,7 @@ def export_qdq(model: nn.Module, adapter, path: Path, opset: int, metadata_from:
     try:
         export_onnx(model, adapter, tmp, opset=max(13, opset), simplify=True)
     except Exception as e:
-        raise PassError(f"{who}: exporting the fake-quant model failed: {str(e).splitlines()[0] if str(e) else e}") from e
+        raise PassError(f"{who}: exporting the fake-quant model failed: {qdq.first_line(e)}") from e
     proto = onnx.load(str(tmp))
     folded = qdq.fold_weight_quantize(proto)
     qdq.compact_qdq_names(proto)
