@@ -1,0 +1,48 @@
+"""Shared helpers of the benchmark scripts: run a recipe grid (cached) and format tables."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def grid_reports(recipe: str, grid: dict[str, list], out: Path, overrides=()) -> list[tuple[dict, dict]]:
+    """Run ``recipe`` over ``grid`` with the cached sweep; return (point, full report) pairs."""
+    from compress.sweep import sweep
+
+    rows = sweep(ROOT / "recipes" / recipe, grid, out, base_overrides=list(overrides), quiet=True, plots=False)
+    pairs = []
+    for row in rows:
+        report = json.loads((out / row["point"] / "report.json").read_text())
+        pairs.append((row, report))
+    return pairs
+
+
+def pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def num(v, digits=3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, int) or (isinstance(v, float) and v >= 1e4):
+        return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.1f}k"
+    return f"{v:.{digits}f}"
+
+
+def markdown(head: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def section(report: dict, kind: str) -> dict:
+    """The first pass section whose type starts with ``kind`` (e.g. 'prune.structured')."""
+    for label, sec in (report.get("passes") or {}).items():
+        if isinstance(sec, dict) and (sec.get("type", label)).startswith(kind):
+            return sec
+    return {}
