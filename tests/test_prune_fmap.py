@@ -42,15 +42,18 @@ def test_masks_and_letterbox_mapping():
 
 def _paired_fuse(model):
     """16 pairs of twin channels in fuse: channel 16 + i has half the weights of channel i but
-    a BatchNorm that makes its feature map 1.01 x channel i's. The twin with the larger in-box
-    variance (16 + i) has the smaller filter norm, so fmap_cluster and l1/l2 disagree."""
+    a BatchNorm that makes its normalised map 1.001 x channel i's (plus a bias of 4 that keeps
+    the ReLU open). The twin with the larger in-box variance (16 + i) has the smaller filter
+    norm, so fmap_cluster and l1/l2 disagree."""
     with torch.no_grad():
         w = model.fuse.conv.weight
         w[16:] = 0.5 * w[:16]
         bn = model.fuse.bn
         eps = bn.eps
-        bn.weight.fill_(1), bn.bias.zero_(), bn.running_mean.zero_(), bn.running_var.fill_(1)
-        bn.running_var[16:] = 0.25 * (1 + eps) / 1.01 ** 2 - eps
+        bn.weight.fill_(1), bn.bias.fill_(4.0), bn.running_mean.zero_(), bn.running_var.fill_(1)
+        bn.running_var[16:] = 0.25 * (1 + eps) / 1.001 ** 2 - eps
+        model.head.weight[4:] = 0.0  # confident class scores everywhere: the unlabelled case
+        model.head.bias[4:] = 3.0  # then has reference detections to use as boxes
     return model
 
 

@@ -110,13 +110,13 @@ class StructuredPrune(Pass):
         return pruner
 
     def _refresh_stats(self, pruner, model, ctx):
-        from compress.pruning.fmap import collect_stats, feature_map_module
+        from compress.pruning.fmap import collect_stats, feature_map_candidates
 
         images, source = self._boxes
         roots = [g[0].dep.target.module for g in
                  pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
                                           root_module_types=pruner.root_module_types)]
-        layers = {m: feature_map_module(pruner.DG, m) for m in roots}
+        layers = feature_map_candidates(model, pruner.DG, roots)
         pruner.importance.stats = collect_stats(model, layers, images, source, ctx.adapter)
 
     def apply(self, model, ctx):
