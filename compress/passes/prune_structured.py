@@ -95,7 +95,7 @@ class StructuredPrune(Pass):
                             f"protected or too narrow for round_to {cfg.round_to})")
 
     # -- work -----------------------------------------------------------------------------
-    def _pruner(self, model, ctx, criterion, steps, plan_holder=None):
+    def _pruner(self, model, ctx, criterion, steps):
         from compress.pruning.importance import make_importance
         from compress.pruning.surgery import build_pruner
 
