@@ -42,11 +42,13 @@ def _assert_int8(path):
     return model
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("nncf", marks=pytest.mark.slow), "torch"])
-def test_backend_makes_int8_that_still_detects(tmp_path, backend):
+@pytest.mark.parametrize("backend, extra", [("onnxruntime", {}), ("onnxruntime", {"calibrate": "percentile"}),
+                                            pytest.param("nncf", {}, marks=pytest.mark.slow), ("torch", {}),
+                                            ("torch", {"engine": "qnnpack", "calibrate": "minmax"})])
+def test_backend_makes_int8_that_still_detects(tmp_path, backend, extra):
     torch.manual_seed(0)
     ctx, fp32 = _setup(tmp_path)
-    p = _ptq(backend=backend, samples=16)
+    p = _ptq(backend=backend, samples=16, **extra)
     p.check(ctx.model, ctx)
     out = p.apply_onnx(fp32, ctx)
     _assert_int8(out)
@@ -170,6 +172,10 @@ def test_backend_specific_options_are_checked_at_load_time():
         validate({**base, "passes": [{"type": "quantize.ptq", "preset": "mixed"}]})
     with pytest.raises(RecipeError, match="'percentile' needs calibrate: percentile"):
         validate({**base, "passes": [{"type": "quantize.ptq", "percentile": 99.9}]})
+    with pytest.raises(RecipeError, match="calibrate 'entropy' is not available with backend 'torch'"):
+        validate({**base, "passes": [{"type": "quantize.ptq", "backend": "torch", "calibrate": "entropy"}]})
+    with pytest.raises(RecipeError, match="'calibrate' applies to backend onnxruntime / torch"):
+        validate({**base, "passes": [{"type": "quantize.ptq", "backend": "nncf", "calibrate": "minmax"}]})
     r = validate({**base, "passes": [{"type": "quantize.ptq", "backend": "torch", "engine": "qnnpack"}]})
     assert r.passes[0].engine == "qnnpack"
 

@@ -20,7 +20,7 @@ from compress.errors import PassError
 from compress.passes.base import Pass, PassConfig, register
 
 _ONLY = {  # option -> the backends it applies to
-    "calibrate": ("onnxruntime",), "percentile": ("onnxruntime",), "per_channel": ("onnxruntime",),
+    "calibrate": ("onnxruntime", "torch"), "percentile": ("onnxruntime",), "per_channel": ("onnxruntime",),
     "activation_type": ("onnxruntime",), "weight_type": ("onnxruntime",), "reduce_range": ("onnxruntime",),
     "preset": ("nncf",), "fast_bias_correction": ("nncf",), "engine": ("torch",),
 }
@@ -33,8 +33,10 @@ class PtqConfig(PassConfig):
     # more layers to keep float: ONNX node names, op types or re:<regex> (backend torch: module names/types)
     ignore: list[str] = []
     diagnose: int = Field(default=0, ge=0)  # report the N layers whose int8 activations drift most
+    # how activation ranges are found: onnxruntime minmax (default) | entropy | percentile;
+    # torch: histogram (the engine's default observer) | minmax (much faster)
+    calibrate: Literal["minmax", "entropy", "percentile", "histogram"] | None = None
     # onnxruntime
-    calibrate: Literal["minmax", "entropy", "percentile"] = "minmax"
     percentile: float = Field(default=99.999, gt=90, le=100)
     per_channel: bool = True
     activation_type: Literal["uint8", "int8"] = "uint8"
@@ -54,6 +56,10 @@ class PtqConfig(PassConfig):
                 raise ValueError(f"'{name}' applies to backend {' / '.join(allowed)}, not '{self.backend}'")
         if "percentile" in self.model_fields_set and self.calibrate != "percentile":
             raise ValueError("'percentile' needs calibrate: percentile")
+        allowed = {"onnxruntime": ("minmax", "entropy", "percentile"), "torch": ("histogram", "minmax")}
+        if self.calibrate is not None and self.calibrate not in allowed.get(self.backend, ()):
+            raise ValueError(f"calibrate '{self.calibrate}' is not available with backend '{self.backend}' "
+                             f"(choose {' / '.join(allowed.get(self.backend, ()))})")
         return self
 
 
@@ -128,11 +134,12 @@ class QuantizePTQ(Pass):
 
             safe = safety.decide(cfg.reduce_range, cfg.activation_type, cfg.weight_type)
             facts = ort.quantize(Path(onnx_path), out, input_name, batches, work_dir=Path(ctx.work_dir),
-                                 per_channel=cfg.per_channel, calibrate=cfg.calibrate, percentile=cfg.percentile,
+                                 per_channel=cfg.per_channel, calibrate=cfg.calibrate or "minmax",
+                                 percentile=cfg.percentile,
                                  activation_type=cfg.activation_type, weight_type=cfg.weight_type,
                                  reduce_range=safe.reduce_range, protect_head=cfg.protect_head, ignore=cfg.ignore,
                                  task=task, who=who)
-            section.update(calibrate=cfg.calibrate, per_channel=cfg.per_channel, format="QDQ",
+            section.update(calibrate=cfg.calibrate or "minmax", per_channel=cfg.per_channel, format="QDQ",
                            activation_type=cfg.activation_type, weight_type=cfg.weight_type,
                            reduce_range=safe.reduce_range, preprocess=facts["preprocess"])
         elif cfg.backend == "nncf":
@@ -184,7 +191,8 @@ class QuantizePTQ(Pass):
         keep, head = headmod.float_nodes(fp32, cfg.protect_head, [], who, ctx.adapter.task)
         skip = torch_ao.tail_modules(model, fp32, [n.name for n in keep])
         skip |= torch_ao.match_modules(model, cfg.ignore, who)
-        act, weight, desc = torch_ao.qconfig(cfg.engine, qat=False, safe_activations=safe_acts)
+        act, weight, desc = torch_ao.qconfig(cfg.engine, qat=False, safe_activations=safe_acts,
+                                             observer=cfg.calibrate or "histogram")
         wrapped = torch_ao.insert_quantizers(model, skip, act, weight)
         torch_ao.calibrate(model, batches)
         torch_ao.freeze(model)

@@ -45,11 +45,12 @@ def check_engine(engine: str, who: str) -> None:
                         "build with that engine")
 
 
-def qconfig(engine: str, qat: bool, safe_activations: bool):
+def qconfig(engine: str, qat: bool, safe_activations: bool, observer: str = "histogram"):
     """(activation factory, weight factory, description) from torch.ao's engine defaults.
 
     ``safe_activations`` narrows activations to 0..127 (as the x86 engine already does),
-    the u8s8-overflow-safe setting for CPUs without VNNI."""
+    the u8s8-overflow-safe setting for CPUs without VNNI. ``observer`` "minmax" swaps the
+    engine's HistogramObserver (PTQ) for a MinMaxObserver of the same dtype and range."""
     from torch.ao.quantization import get_default_qat_qconfig, get_default_qconfig
 
     qc = get_default_qat_qconfig(engine) if qat else get_default_qconfig(engine)
@@ -61,6 +62,12 @@ def qconfig(engine: str, qat: bool, safe_activations: bool):
             act = act.with_args(quant_min=0, quant_max=127) if qat else act.with_args(reduce_range=True)
             probe = act()
         w = qc.weight()
+        if observer == "minmax" and not qat:
+            from torch.ao.quantization import MinMaxObserver
+
+            lo, hi = _qrange(probe)
+            act = MinMaxObserver.with_args(dtype=probe.dtype, qscheme=probe.qscheme, quant_min=lo, quant_max=hi)
+            probe = act()
     lo, hi = _qrange(probe)
     desc = {"engine": engine, "activation": f"{type(probe).__name__} {probe.dtype} {lo}..{hi}",
             "weight": f"{type(w).__name__} {w.dtype} {str(w.qscheme).replace('torch.', '')}"}
