@@ -118,7 +118,7 @@ def bench_model(name: str, spec, out_dir: Path, calib, val, threads: int, runs: 
 
 def table(rows: list[dict], threads: int) -> str:
     head = ["model", "method", "agreement mAP50", "true mAP50", "file (MB)", "size vs fp32",
-            f"ORT CPU latency ({threads} threads)", "latency vs fp32", "PTQ wall time"]
+            f"ORT CPU latency ({threads} threads)", "latency vs fp32 (<1 faster)", "PTQ wall time"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         agree = "-" if r["agreement_map50"] is None else f"{r['agreement_map50']:.3f}"

@@ -175,10 +175,15 @@ def float_nodes(model: onnx.ModelProto, protect_head: bool, ignore: list[str], w
     return list(chosen.values()), head
 
 
-def summarize(nodes: list[FloatNode], limit: int = 6) -> str:
-    """One line for report notes: the Concat/Sigmoid/Softmax reasons first, then a count."""
+def summarize(nodes: list[FloatNode], limit: int = 3) -> str:
+    """One line for report notes: the boxes+scores Concat, Sigmoid and Softmax with their
+    reasons, then the rest counted by op type (the report section lists every node)."""
+    from collections import Counter
+
     rank = {"Sigmoid": 1, "Softmax": 2}
     key = sorted(nodes, key=lambda n: 0 if "class scores (" in n.why else rank.get(n.op, 3))
     shown = "; ".join(f"{n.op} {n.name}: {n.why}" for n in key[:limit])
-    more = f" (+{len(nodes) - limit} more)" if len(nodes) > limit else ""
-    return shown + more
+    rest = Counter(n.op for n in key[limit:])
+    if rest:
+        shown += f"; and {sum(rest.values())} more (" + ", ".join(f"{c} {op}" for op, c in rest.most_common()) + ")"
+    return shown
