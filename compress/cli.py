@@ -229,31 +229,23 @@ def cmd_passes(args) -> int:
 
 
 def cmd_zoo(args) -> int:
+    weights = Path(__file__).parent / "zoo" / "weights"
     if args.name == "digitdet":
-        from compress.zoo.train import default_weights, train_digitdet
-
-        out = Path(args.out) if args.out else default_weights()
-        _refuse_overwrite(out, args.force or args.out is None)
-        metrics = train_digitdet(out, minutes=args.minutes, seed=args.seed)
+        from compress.zoo.train import train_digitdet as train
+        out, kwargs = weights / "digitdet.pt", {"minutes": args.minutes}
     elif args.name == "lenet5":
-        from compress.zoo.lenet5 import default_weights, train_lenet5
-
-        out = Path(args.out) if args.out else default_weights()
-        _refuse_overwrite(out, args.force or args.out is None)
-        metrics = train_lenet5(out, seed=args.seed)
+        from compress.zoo.lenet5 import train_lenet5 as train
+        out, kwargs = weights / "lenet5.pt", {}
     else:
-        from compress.zoo.yolo import default_weights, train_yolo_digits
-
-        out = Path(args.out) if args.out else default_weights()
-        _refuse_overwrite(out, args.force or args.out is None)
-        metrics = train_yolo_digits(out=out, minutes=args.minutes, seed=args.seed)
-    print(f"{args.name}: wrote {out}: {metrics}")
+        from compress.zoo.yolo import train_yolo_digits as train
+        out, kwargs = weights / "yolov8n-digits.pt", ({"minutes": args.minutes} if args.minutes else {})
+    out = Path(args.out) if args.out else out
+    if out.exists() and not args.force:
+        raise CompressError(f"{out} exists; use --force to overwrite (or --out PATH)")
+    result = train(out, seed=args.seed, **kwargs) if args.name != "yolov8n" else train(out=out, seed=args.seed, **kwargs)
+    shown = {k: v for k, v in (result or {}).items() if isinstance(v, (int, float, str)) and k != "adapter"}
+    print(f"{args.name}: wrote {out}: {shown}")
     return EXIT_OK
-
-
-def _refuse_overwrite(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise CompressError(f"{path} exists; use --force to overwrite")
 
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "check": cmd_check, "profile": cmd_profile,
