@@ -62,15 +62,21 @@ def import_ultralytics():
     Raises ``ModelLoadError`` with an install hint when the optional extra is missing.
     """
     ensure_offline()
+    from PIL import Image
+
+    pil_open = Image.open  # ultralytics replaces PIL.Image.open on import (a HEIF hook that may pip-install)
     try:
         import ultralytics
         from ultralytics.utils import SETTINGS
+        import ultralytics.utils.patches  # noqa: F401  (the module that patches PIL)
     except ImportError as e:
         from compress.errors import ModelLoadError
 
         raise ModelLoadError(
             "Ultralytics models need the optional extra: pip install 'compress[yolo]' "
             f"(or pip install ultralytics) ({e})") from None
+    finally:
+        Image.open = pil_open  # our loaders must see plain Pillow: a corrupt file is skipped, never "installed for"
     off = {k: False for k in _SETTINGS_OFF if SETTINGS.get(k) is not False and k in SETTINGS.defaults}
     if off:
         try:

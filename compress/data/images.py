@@ -62,7 +62,7 @@ def try_read(path: Path, skipped: list[tuple[str, str]]) -> np.ndarray | None:
     """``read_image`` or None; a failure is warned about and appended to ``skipped``."""
     try:
         return read_image(path)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except Exception as e:  # any decoder failure (Pillow plugins raise many types) means: skip this file
         reason = f"unreadable image: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
         warnings.warn(f"{path}: {reason}; skipped", stacklevel=3)
         log.warning("%s: %s; skipped", path, reason)
