@@ -43,5 +43,19 @@ def check(onnx_path: str | Path, reference, data, *, fidelity=None, trust_checkp
     source = data if isinstance(data, DataSource) else DataSource(**data)
     dataset = load_data(source)
     adapter, model = load_model(spec, trust_checkpoint=trust_checkpoint)
+    _same_input(onnx_path, adapter, threads)
     cfg = fidelity or FidelityConfig()
     return _check(adapter, model, onnx_path, dataset, cfg, threads=threads), adapter
+
+
+def _same_input(onnx_path: Path, adapter, threads: int) -> None:
+    """Refuse a pair whose input shapes differ (e.g. an ONNX made for another model)."""
+    from compress.errors import CompressError
+    from compress.runtime.session import input_shape, make_session
+
+    got = input_shape(make_session(onnx_path, threads=threads))
+    want = list(adapter.example_input(1).shape)
+    fixed = [(g, w) for g, w in zip(got[1:], want[1:]) if isinstance(g, int) and g > 0]
+    if len(got) != len(want) or any(g != w for g, w in fixed):
+        raise CompressError(f"{onnx_path}: takes input {got}, but the reference model ({adapter.name}) takes {want}; "
+                            "is this ONNX made from a different model?")

@@ -55,6 +55,25 @@ def test_digitdet_export_only_agrees_with_torch(tmp_path, capsys):
     assert meta["recipe_hash"] == rep["recipe"]["digest"]
 
 
+def test_check_command_on_any_onnx(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli("run", ROOT / "recipes/digitdet-export.yaml", "--out", run, *FAST) == 0
+    out = tmp_path / "check"
+    code = cli("check", run / "model.onnx", "--reference", "digitdet", "--data",
+               ROOT / "calibration/digits-det/val", "--samples", 20, "--out", out, "--quiet")
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    rep = report_of(out)
+    assert rep["fidelity"]["agreement_map50"] >= 0.99 and rep["fidelity"]["passed"]
+    assert rep["fidelity"]["images"] == 20
+    assert list((out / "overlays").glob("*.png"))
+    # a different model's ONNX (LeNet-5) is not a detector: a clear error, not a crash
+    code = cli("check", run / "original.onnx", "--reference", "lenet5", "--data",
+               ROOT / "calibration/digits-det/val", "--samples", 4)
+    assert code == 2
+    assert "is this ONNX made from a different model?" in capsys.readouterr().err
+
+
 def test_original_without_detections_is_not_measurable(tmp_path, capsys):
     out = tmp_path / "run"
     code = cli("run", ROOT / "recipes/digitdet-export.yaml", "--out", out, *FAST, "--set", "fidelity.conf=0.9999")
