@@ -141,3 +141,43 @@ def test_yolov8n_export_agrees(tmp_path):
     assert cli("run", r, "--out", out, *FAST) == 0
     fid = report_of(out)["fidelity"]
     assert fid["agreement_map50"] >= 0.99 and fid["passed"]
+
+
+@pytest.mark.slow
+def test_int8_default_detects_and_unprotected_head_fails_loudly(tmp_path, capsys):
+    quick = [*FAST, "--set", "quantize.samples=64"]
+    good = tmp_path / "int8"
+    assert cli("run", ROOT / "recipes/digitdet-int8.yaml", "--out", good, *quick) == 0
+    rep = report_of(good)
+    assert rep["fidelity"]["agreement_map50"] >= 0.95 and not rep["fidelity"]["collapsed"]
+    assert rep["ratios"]["onnx_bytes"] >= 3.0
+    m = onnx.load(str(good / "model.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in m.graph.node)
+    bad = tmp_path / "nohead"
+    code = cli("run", ROOT / "recipes/digitdet-int8-nohead.yaml", "--out", bad, *quick)
+    assert code == 3
+    assert "fidelity check failed" in capsys.readouterr().err
+    rep = report_of(bad)
+    assert rep["fidelity"]["passed"] is False
+    assert rep["int8_drift"], "a failed int8 check names the layers that drift most"
+
+
+def test_unstructured_reports_sparsity_and_size_only(tmp_path):
+    out = tmp_path / "run"
+    code = cli("run", ROOT / "recipes/digitdet-unstructured.yaml", "--out", out, *FAST,
+               "--set", "prune.targets=null", "--set", "prune.amount=0.5")
+    rep = report_of(out)
+    sec = rep["passes"]["prune.unstructured"]
+    assert abs(sec["targeted_sparsity"] - 0.5) < 0.02
+    assert sec["size_only"] is True
+    assert code in (0, 3)  # 50% of every weight, no fine-tune: agreement may or may not hold
+    if 0.9 <= rep["ratios"]["latency"] <= 1.1:
+        assert any("size only" in n for n in rep["notes"])
+
+
+def test_lenet5_dynamic_int8(tmp_path):
+    out = tmp_path / "run"
+    assert cli("run", ROOT / "recipes/lenet5-dynamic-int8.yaml", "--out", out, *FAST) == 0
+    rep = report_of(out)
+    assert rep["fidelity"]["top1_agreement"] >= 0.98
+    assert rep["compressed"]["onnx_bytes"] < rep["original"]["onnx_bytes"]
