@@ -204,7 +204,7 @@ class DigitDet(nn.Module):
         self._init_biases()
 
     def _init_biases(self):
-        """Start with a low class prior and spread box logits (helps the first steps)."""
+        """Start with a low class prior (few objects per cell) and flat box distributions."""
         for head, s in zip(self.heads, STRIDES):
             nn.init.constant_(head.box[-1].bias, 1.0)
             nn.init.constant_(head.cls[-1].bias, float(np.log(5 / self.cfg.nc / (self.cfg.imgsz / s) ** 2)))

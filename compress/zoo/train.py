@@ -28,7 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.models.digitdet import DigitDetAdapter, DigitDetConfig, build_digitdet
+from compress.models.digitdet import WEIGHTS, DigitDetAdapter, DigitDetConfig, build_digitdet
+
+
+def default_weights() -> Path:
+    """Where the packaged DigitDet weights live (``compress/zoo/weights/digitdet.pt``)."""
+    return WEIGHTS
 
 
 class _OnlineImages(torch.utils.data.IterableDataset):
