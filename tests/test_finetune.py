@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from compress.errors import PassError, RecipeError
+from compress.passes.distill import distill_loss, resolve_mode, yolo_layout
 from compress.passes.finetune import Finetune, FinetuneConfig, run_finetune
 from compress.recipe import validate
-from prune_fixtures import TinyClsAdapter, TinyDetAdapter, det_dataset, make_ctx, tiny_cls, tiny_det
+from prune_fixtures import TinyClsAdapter, TinyDetAdapter, cls_dataset, det_dataset, make_ctx, tiny_cls, tiny_det
 
 
 def _perturbed(seed=0):
@@ -28,10 +29,61 @@ def test_distill_lowers_loss_and_reports():
     out = run_finetune(model, ctx, FinetuneConfig(steps=8, batch_size=8, loss="distill", lr_scale=2.0,
                                                   eval_batches=2), report=report)
     assert out is model and not model.training
-    assert report["loss"] == "distill" and report["steps"] == 8
+    assert report["loss"] == "distill" and report["steps"] == 8 and report["distill"] == "yolo"
     assert report["loss_after"] < 0.7 * report["loss_before"]
     assert report["lr"] == pytest.approx(2e-3)
     assert all(not p.requires_grad for p in ctx.reference.parameters())
+
+
+def _head(nc=10, reg=8, fg_logit=3.0, bg_logit=-10.0, seed=0):
+    """One teacher head map: background everywhere, one confident object (class 3 at (2, 5))."""
+    g = torch.Generator().manual_seed(seed)
+    box = torch.randn(2, 4 * reg, 8, 8, generator=g)
+    cls = torch.full((2, nc, 8, 8), bg_logit)
+    cls[:, 3, 2, 5] = fg_logit
+    return torch.cat([box, cls], 1)
+
+
+def test_yolo_distill_prefers_kept_detections_to_shrunken_scores():
+    nc, reg = 10, 8
+    teacher = _head(nc, reg)
+    lost = teacher.clone()
+    lost[:, 4 * reg + 3, 2, 5] = -3.0  # the object's score falls to 0.05: nothing left above 0.25
+    noisy = teacher.clone()
+    noisy[:, 4 * reg:] += 3.0  # every background logit 3 higher (scores 0.0009), the object kept
+    noisy[:, 4 * reg + 3, 2, 5] = 3.0
+    mse = {k: float(distill_loss("mse", [v], [teacher], nc)) for k, v in (("lost", lost), ("noisy", noisy))}
+    yolo = {k: float(distill_loss("yolo", [v], [teacher], nc)) for k, v in (("lost", lost), ("noisy", noisy))}
+    assert mse["lost"] < mse["noisy"]  # plain MSE on logits rewards the collapse ...
+    assert yolo["noisy"] < yolo["lost"]  # ... the detection loss does not
+    assert float(distill_loss("yolo", [teacher], [teacher], nc)) == pytest.approx(0.0, abs=1e-5)
+    moved = teacher.clone()
+    moved[:, :4 * reg, 2, 5] = torch.randn(2, 4 * reg)  # the object's box distributions change
+    assert float(distill_loss("yolo", [moved], [teacher], nc)) > 0.05
+    background = teacher.clone()
+    background[:, :4 * reg, 0, 0] += 5 * torch.randn(2, 4 * reg)  # boxes where nothing is seen barely count
+    assert float(distill_loss("yolo", [background], [teacher], nc)) < 1e-3
+
+
+def test_distill_mode_resolution():
+    det = [_head(), _head()[:, :, :4, :4]]
+    assert yolo_layout(det, 10) == 8
+    assert yolo_layout([torch.zeros(2, 10)], 10) is None
+    assert yolo_layout([torch.zeros(2, 4 * 8 + 10, 4, 4), torch.zeros(2, 4 * 16 + 10, 4, 4)], 10) is None
+    assert resolve_mode("auto", "detect", det, 10) == "yolo"
+    assert resolve_mode("auto", "classify", [torch.zeros(2, 10)], 10) == "mse"
+    assert resolve_mode("mse", "detect", det, 10) == "mse"
+    with pytest.raises(PassError, match="head maps"):
+        resolve_mode("yolo", "classify", [torch.zeros(2, 10)], 10)
+    with pytest.raises(PassError, match="does not match"):
+        distill_loss("yolo", [det[1]], [det[0]], 10)
+    model = tiny_cls()
+    ctx = make_ctx(TinyClsAdapter(), model, cls_dataset(8))
+    with pytest.raises(PassError, match="distill 'yolo'"):
+        Finetune(Finetune.Config(type="finetune", loss="distill", distill="yolo")).check(model, ctx)
+    report = {}
+    run_finetune(model, ctx, FinetuneConfig(steps=1, batch_size=4, eval_batches=1, loss="distill"), report=report)
+    assert report["distill"] == "mse"
 
 
 def test_deterministic_with_seed():

@@ -7,9 +7,10 @@ quantization-aware training (``fake_quant=True``). The learning rate is
 prune-and-fine-tune experiments found best.
 
 Losses: ``task`` is the adapter's own loss on labelled images; ``distill`` needs no
-labels: the mean squared error between the student's and the frozen reference's
-``adapter.distill_outputs`` (student in train mode, teacher in eval mode). ``auto``
-picks ``task`` when the data is labelled and the adapter has a loss, else ``distill``.
+labels: the student (train mode) learns the frozen reference's (eval mode)
+``adapter.distill_outputs``, with a detection-shaped loss for YOLO-layout heads and mean
+squared error otherwise (``compress.passes.distill``). ``auto`` picks ``task`` when the
+data is labelled and the adapter has a loss, else ``distill``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class FinetuneConfig(BaseModel):
     schedule: Literal["cosine", "constant"] = "cosine"
     batch_size: int = Field(default=16, ge=1)
     loss: Literal["auto", "task", "distill"] = "auto"
+    distill: Literal["auto", "yolo", "mse"] = "auto"  # distillation loss; auto: yolo for detector head maps
     data: DataSource | None = None  # training images; the calibration set when omitted
     samples: int | None = Field(default=None, gt=0)  # use only the first N images
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -116,7 +118,16 @@ def check_finetune(ctx: "Context", cfg: FinetuneConfig, who: str = "finetune") -
         labelled = data.has_labels
     else:
         labelled = True  # a named split is checked for labels when it is loaded
-    return resolve_loss(ctx, cfg, labelled, who)
+    kind = resolve_loss(ctx, cfg, labelled, who)
+    if kind == "distill" and cfg.distill == "yolo":  # one tiny forward tells whether the heads fit
+        import torch
+
+        from compress.passes.distill import resolve_mode
+
+        with torch.no_grad():
+            outputs = ctx.adapter.distill_outputs(ctx.reference, ctx.adapter.example_input(1))
+        resolve_mode("yolo", ctx.adapter.task, outputs, len(ctx.adapter.class_names), who)
+    return kind
 
 
 def _device(cfg: FinetuneConfig, who: str = "finetune"):
@@ -174,9 +185,13 @@ class _Batches:
                 yield order[i * self.bs:(i + 1) * self.bs]
 
 
-def _loss_fn(kind: str, adapter, teacher):
+def _loss_fn(kind: str, adapter, teacher, mode: str = "auto", resolved: dict | None = None):
+    """loss(model, x, samples) for ``kind``; the distillation ``mode`` it resolves goes into ``resolved``."""
     import torch
-    import torch.nn.functional as F
+
+    from compress.passes.distill import distill_loss, resolve_mode
+
+    resolved = {} if resolved is None else resolved
 
     def task(model, x, samples):
         loss = adapter.loss(model, x, samples)
@@ -184,13 +199,14 @@ def _loss_fn(kind: str, adapter, teacher):
             raise PassError(f"finetune: the {adapter.name} adapter returned no task loss; use loss: distill")
         return loss
 
+    nc = len(adapter.class_names)
+
     def distill(model, x, samples):
         with torch.no_grad():
             target = adapter.distill_outputs(teacher, x)
-        out = adapter.distill_outputs(model, x)
-        if len(out) != len(target):
-            raise PassError("finetune: student and reference give different numbers of distillation outputs")
-        return sum(F.mse_loss(o.float(), t.float()) for o, t in zip(out, target)) / len(out)
+        if "mode" not in resolved:
+            resolved["mode"] = resolve_mode(mode, adapter.task, target, nc)
+        return distill_loss(resolved["mode"], adapter.distill_outputs(model, x), target, nc)
 
     return task if kind == "task" else distill
 
@@ -250,7 +266,8 @@ def run_finetune(model: "nn.Module", ctx: "Context", cfg: BaseModel, *, fake_qua
     torch.manual_seed(ctx.seed)
     batches = _Batches(data, ctx.adapter, cfg.batch_size, ctx.seed)
     total = cfg.steps or (cfg.epochs or 1) * batches.per_epoch()
-    fn = _loss_fn(kind, ctx.adapter, teacher)
+    resolved: dict = {}
+    fn = _loss_fn(kind, ctx.adapter, teacher, cfg.distill, resolved)
     fixed = batches.fixed(cfg.eval_batches)
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -298,6 +315,8 @@ def run_finetune(model: "nn.Module", ctx: "Context", cfg: BaseModel, *, fake_qua
     if kind == "distill" and teacher is ctx.reference:
         teacher.to(home)
     if report is not None:
+        if "mode" in resolved:
+            report["distill"] = resolved["mode"]
         report.update({"loss": kind, "loss_before": round(before, 6), "loss_after": round(after, 6),
                        "train_loss_last": round(sum(losses[-10:]) / len(losses[-10:]), 6),
                        "steps": total, "images": len(data), "batch_size": batches.bs, "lr": cfg.lr,
