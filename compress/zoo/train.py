@@ -103,10 +103,10 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def train_digitdet(out_path: str | Path, *, minutes: float | None = None, epochs: int = 10,
-                   epoch_images: int = 3000, batch: int = 32, lr: float = 3e-3, weight_decay: float = 0.05,
+def train_digitdet(out_path: str | Path, *, minutes: float | None = None, epochs: int = 8,
+                   epoch_images: int = 3000, batch: int = 16, lr: float = 3e-3, weight_decay: float = 0.05,
                    warmup: float = 0.03, seed: int = 0, imgsz: int = 128, config: DigitDetConfig | None = None,
-                   threads: int = 1, workers: int = 1, val_samples: int | None = None, half: bool = True,
+                   threads: int = 2, workers: int = 1, val_samples: int | None = None, half: bool = True,
                    eval_every: int | None = None, log=print) -> dict:
     """Train DigitDet, evaluate it on digits-det/val and write the checkpoint to ``out_path``.
 
@@ -193,14 +193,14 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m compress.zoo.train", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="checkpoint path to write")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget (the schedule fits into it)")
-    p.add_argument("--epochs", type=int, default=10, help="epochs of --epoch-images fresh images")
+    p.add_argument("--epochs", type=int, default=8, help="epochs of --epoch-images fresh images")
     p.add_argument("--epoch-images", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--imgsz", type=int, default=128)
     p.add_argument("--eval-every", type=int, default=None, help="evaluate on val every N steps")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (plus one data worker process)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (plus one data worker process)")
     a = p.parse_args(argv)
     return train_digitdet(a.out, minutes=a.minutes, epochs=a.epochs, epoch_images=a.epoch_images, batch=a.batch,
                           lr=a.lr, seed=a.seed, imgsz=a.imgsz, threads=a.threads, eval_every=a.eval_every)
