@@ -86,6 +86,31 @@ def test_distill_mode_resolution():
     assert report["distill"] == "mse"
 
 
+def test_teacher_outputs_computed_once_across_epochs(monkeypatch):
+    from compress.passes import distill
+
+    params, calls = {}, {}
+    for limit in (None, 0):
+        monkeypatch.setattr(distill, "CACHE_LIMIT_BYTES", distill.CACHE_LIMIT_BYTES if limit is None else limit)
+        model, ctx = _perturbed()
+        n = calls[limit] = [0]
+        raw = ctx.adapter.distill_outputs
+
+        def counted(m, x, raw=raw, n=n, ref=ctx.reference):
+            n[0] += m is ref
+            return raw(m, x)
+
+        ctx.adapter.distill_outputs = counted
+        report = {}
+        run_finetune(model, ctx, FinetuneConfig(epochs=3, batch_size=8, eval_batches=1, loss="distill"),
+                     report=report)
+        assert report["steps"] == 6 and report["teacher_cached"] is (limit is None)
+        params[limit] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert calls[0][0] == 8  # 6 steps + loss before/after, each a teacher forward
+    assert calls[None][0] <= 3  # only the first sight of each image
+    assert torch.allclose(params[None], params[0], atol=1e-5)
+
+
 def test_deterministic_with_seed():
     results = []
     for _ in range(2):

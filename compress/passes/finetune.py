@@ -185,15 +185,16 @@ class _Batches:
                 yield order[i * self.bs:(i + 1) * self.bs]
 
 
-def _loss_fn(kind: str, adapter, teacher, mode: str = "auto", resolved: dict | None = None):
-    """loss(model, x, samples) for ``kind``; the distillation ``mode`` it resolves goes into ``resolved``."""
-    import torch
-
-    from compress.passes.distill import distill_loss, resolve_mode
+def _loss_fn(kind: str, adapter, teacher, mode: str = "auto", resolved: dict | None = None, images: int = 0):
+    """loss(model, x, samples, idx) for ``kind`` (``idx``: the images' dataset indices, which key
+    the teacher's cached outputs); the distillation ``mode`` it resolves goes into ``resolved``."""
+    from compress.passes.distill import TeacherCache, distill_loss, resolve_mode
 
     resolved = {} if resolved is None else resolved
+    teacher_outputs = TeacherCache(adapter, teacher, images) if kind == "distill" else None
+    resolved["cache"] = teacher_outputs
 
-    def task(model, x, samples):
+    def task(model, x, samples, idx=None):
         loss = adapter.loss(model, x, samples)
         if loss is None:
             raise PassError(f"finetune: the {adapter.name} adapter returned no task loss; use loss: distill")
@@ -201,9 +202,8 @@ def _loss_fn(kind: str, adapter, teacher, mode: str = "auto", resolved: dict | N
 
     nc = len(adapter.class_names)
 
-    def distill(model, x, samples):
-        with torch.no_grad():
-            target = adapter.distill_outputs(teacher, x)
+    def distill(model, x, samples, idx=None):
+        target = teacher_outputs(x, idx)
         if "mode" not in resolved:
             resolved["mode"] = resolve_mode(mode, adapter.task, target, nc)
         return distill_loss(resolved["mode"], adapter.distill_outputs(model, x), target, nc)
@@ -222,7 +222,7 @@ def _measure(model, fn, batches: _Batches, idxs, device, bn_eval: bool) -> float
         _set_train(model, True, bn_eval)
         for idx in idxs:
             x, samples = batches.batch(idx)
-            total += float(fn(model, x.to(device), samples))
+            total += float(fn(model, x.to(device), samples, idx))
     model.load_state_dict(saved)
     return total / max(1, len(idxs))
 
@@ -267,7 +267,7 @@ def run_finetune(model: "nn.Module", ctx: "Context", cfg: BaseModel, *, fake_qua
     batches = _Batches(data, ctx.adapter, cfg.batch_size, ctx.seed)
     total = cfg.steps or (cfg.epochs or 1) * batches.per_epoch()
     resolved: dict = {}
-    fn = _loss_fn(kind, ctx.adapter, teacher, cfg.distill, resolved)
+    fn = _loss_fn(kind, ctx.adapter, teacher, cfg.distill, resolved, len(data))
     fixed = batches.fixed(cfg.eval_batches)
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -296,7 +296,7 @@ def run_finetune(model: "nn.Module", ctx: "Context", cfg: BaseModel, *, fake_qua
                 bn_eval = True
                 _set_train(model, True, bn_eval)
             x, samples = batches.batch(idx)
-            loss = fn(model, x.to(device), samples)
+            loss = fn(model, x.to(device), samples, idx)
             if not torch.isfinite(loss):
                 raise PassError(f"{label}: the loss became {float(loss)} at step {step}; lower lr_scale")
             opt.zero_grad(set_to_none=True)
@@ -317,6 +317,7 @@ def run_finetune(model: "nn.Module", ctx: "Context", cfg: BaseModel, *, fake_qua
     if report is not None:
         if "mode" in resolved:
             report["distill"] = resolved["mode"]
+            report["teacher_cached"] = bool(resolved["cache"].enabled)
         report.update({"loss": kind, "loss_before": round(before, 6), "loss_after": round(after, 6),
                        "train_loss_last": round(sum(losses[-10:]) / len(losses[-10:]), 6),
                        "steps": total, "images": len(data), "batch_size": batches.bs, "lr": cfg.lr,
