@@ -17,9 +17,18 @@ def grid_reports(recipe: str, grid: dict[str, list], out: Path, overrides=()) ->
     rows = sweep(ROOT / "recipes" / recipe, grid, out, base_overrides=list(overrides), quiet=True, plots=False)
     pairs = []
     for row in rows:
-        report = json.loads((out / row["point"] / "report.json").read_text())
-        pairs.append((row, report))
+        path = out / row["point"] / "report.json"
+        if row.get("error") or not path.is_file():
+            print(f"{recipe} {row['point']}: failed: {row.get('error') or 'no report'}", file=sys.stderr)
+            continue
+        pairs.append((row, json.loads(path.read_text())))
     return pairs
+
+
+def finetune_stats(sec: dict) -> tuple[int, float]:
+    """(steps, seconds) of all fine-tuning rounds recorded in a prune.structured section."""
+    fts = [r["finetune"] for r in sec.get("rounds", []) if r.get("finetune")]
+    return sum(f.get("steps", 0) for f in fts), sum(f.get("seconds", 0.0) for f in fts)
 
 
 def pct(v) -> str:

@@ -18,7 +18,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _common import grid_reports, markdown, num, pct, section
+from _common import finetune_stats, grid_reports, markdown, num, pct, section
+
+
+def _prune_cost(sec: dict) -> tuple[str, str, str]:
+    """(surgery s, pass s without fine-tuning, fine-tune "steps / s") of a prune.structured section."""
+    steps, ft_s = finetune_stats(sec)
+    without = sec["seconds"] - ft_s if "seconds" in sec else None
+    return (num(sec.get("prune_seconds"), 2), num(without, 1),
+            f"{steps} / {ft_s:.0f}" if steps else "-")
 
 
 def structured_table(out: Path) -> str:
@@ -26,13 +34,15 @@ def structured_table(out: Path) -> str:
     rows = []
     for _, rep in pairs:
         o, c, r, f = rep["original"], rep["compressed"], rep["ratios"], rep["fidelity"]
-        sec = section(rep, "prune.structured")
-        rows.append(["L2 50% + distill", num(f["agreement_map50"]), num(o.get("map50")), num(c.get("map50")),
-                     f"{num(o['params'])} -> {num(c['params'])}", f"{r['macs']:.2f}x",
+        surgery, without, ft = _prune_cost(section(rep, "prune.structured"))
+        rows.append(["L2 50% + distill", num(f["agreement_map50"]), num(f["matched_recall"]),
+                     num(o.get("map50")), num(c.get("map50")), f"{num(o['params'])} -> {num(c['params'])}",
+                     f"{num(o['macs'])} -> {num(c['macs'])} ({r['macs']:.2f}x)",
                      f"{o['latency_ms']:.2f} -> {c['latency_ms']:.2f}", f"{r['latency']:.2f}x",
-                     f"{sec.get('prune_seconds', '-')}", "PASS" if f["passed"] else "FAIL"])
-    return markdown(["recipe", "agreement mAP50", "mAP50 orig", "mAP50 pruned", "params", "MAC ratio",
-                     "latency ms (orig -> pruned)", "latency ratio", "prune s (no fine-tune)", "check"], rows)
+                     surgery, without, ft, "PASS" if f["passed"] else "FAIL"])
+    return markdown(["recipe", "agreement mAP50", "matched recall", "mAP50 orig", "mAP50 pruned", "params",
+                     "MACs (ratio)", "latency ms (orig -> pruned)", "latency ratio", "surgery s",
+                     "pass s w/o fine-tune", "fine-tune steps / s", "check"], rows)
 
 
 def criteria_table(out: Path, ratios: list[float]) -> str:
@@ -40,13 +50,15 @@ def criteria_table(out: Path, ratios: list[float]) -> str:
     for crit, recipe in (("fmap_cluster", "digitdet-fmap-cluster-sweep.yaml"), ("l1", "digitdet-l1-sweep.yaml")):
         for point, rep in grid_reports(recipe, {"prune.ratio": ratios}, out / crit):
             o, c, r, f = rep["original"], rep["compressed"], rep["ratios"], rep["fidelity"]
+            surgery, without, ft = _prune_cost(section(rep, "prune.structured"))
             rows.append((point["prune.ratio"], crit, [
-                point["prune.ratio"], crit, num(f["agreement_map50"]), num(c.get("map50")), num(c["params"]),
-                f"{r['macs']:.2f}x", f"{r['latency']:.2f}x",
-                num((c.get("map50") or 0) * 1000 / c["latency_ms"], 1)]))
+                point["prune.ratio"], crit, num(f["agreement_map50"]), num(f["matched_recall"]),
+                num(c.get("map50")), num(c["params"]), f"{r['macs']:.2f}x", f"{r['latency']:.2f}x",
+                num((c.get("map50") or 0) * 1000 / c["latency_ms"], 1), without, ft]))
     rows.sort(key=lambda t: (float(t[0]), t[1]))
-    return markdown(["ratio", "criterion", "agreement mAP50", "true mAP50", "params", "MAC ratio",
-                     "latency ratio", "mAP50 x FPS"], [r for _, _, r in rows])
+    return markdown(["ratio", "criterion", "agreement mAP50", "matched recall", "true mAP50", "params",
+                     "MAC ratio", "latency ratio", "mAP50 x FPS", "pass s w/o fine-tune", "fine-tune steps / s"],
+                    [r for _, _, r in rows])
 
 
 def unstructured_table(out: Path) -> str:
