@@ -25,6 +25,35 @@ def grid_reports(recipe: str, grid: dict[str, list], out: Path, overrides=()) ->
     return pairs
 
 
+def quiet_session(path: Path, threads: int):
+    """An ONNX Runtime CPU session like ``compress.runtime.session.make_session``'s, but whose idle
+    intra-op threads sleep instead of spinning."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def remeasure(paths: dict[str, Path], runs: int = 200, threads: int = 2) -> dict[str, float]:
+    """Median ONNX Runtime latency (ms) of several files measured together, interleaved, in this process.
+
+    The sessions do not spin: with several sessions in one process, the spinning threads of the
+    one that just ran take cores from the next (on 2 cores digitdet's original measured 7.5 ms
+    beside the pruned model, 3.5-3.8 ms alone or with spinning off), which inflates ratios.
+    Every model of a table in one series makes their ratios comparable.
+    """
+    from compress.runtime.latency import compare_latency
+
+    sessions = {k: quiet_session(v, threads) for k, v in paths.items()}
+    stats = compare_latency(sessions, None, threads=threads, warmup=20, runs=runs)
+    return {k: v["median_ms"] for k, v in stats.items()}
+
+
 def finetune_stats(sec: dict) -> tuple[int, float]:
     """(steps, seconds) of all fine-tuning rounds recorded in a prune.structured section."""
     fts = [r["finetune"] for r in sec.get("rounds", []) if r.get("finetune")]
