@@ -53,8 +53,8 @@ def structured_table(out: Path) -> str:
     note = ("\n\n*original and pruned re-measured together in this process (ONNX Runtime, 200 interleaved "
             "runs, sessions that do not spin); the run's own figure comes from spinning sessions.")
     return markdown(["recipe", "agreement mAP50", "matched recall", "mAP50 orig", "mAP50 pruned", "params",
-                     "MACs (ratio)", "latency ms, in the run (ratio)", "re-measured*, 2 threads", "re-measured*, 1 thread",
-                     "surgery s", "pass s w/o fine-tune", "fine-tune steps / s", "check"], rows) + note
+                     "MACs (ratio)", "latency ms, in the run (ratio)", "re-measured*, 2 threads",
+                     "re-measured*, 1 thread", "surgery s", "pass s w/o fine-tune", "fine-tune steps / s", "check"], rows) + note
 
 
 def criteria_table(out: Path, ratios: list[float]) -> str:
@@ -77,10 +77,11 @@ def criteria_table(out: Path, ratios: list[float]) -> str:
                      " / ".join(f"{lat[t]['original'] / ms[t]:.2f}x" for t in (1, 2)),
                      num((c.get("map50") or 0) * 1000 / ms[1], 1), without, ft])
     return markdown(["ratio", "criterion", "agreement mAP50", "matched recall", "true mAP50", "params",
-                     "MAC ratio", "latency ratio* 1 / 2 threads", "mAP50 x FPS* (1 thread)", "pass s w/o fine-tune", "fine-tune steps / s"],
+                     "MAC ratio", "latency ratio* 1 / 2 threads", "mAP50 x FPS* (1 thread)", "pass s w/o fine-tune",
+                     "fine-tune steps / s"],
                     rows) + (f"\n\n*all {len(found)} models and the original re-measured together in this process "
-                             f"(ONNX Runtime, 200 interleaved runs, sessions that do not spin; original {lat[1]['original']:.2f} ms at 1 thread, "
-                             f"{lat[2]['original']:.2f} ms at 2).")
+                             "(ONNX Runtime, 200 interleaved runs, sessions that do not spin; original "
+                             f"{lat[1]['original']:.2f} ms at 1 thread, {lat[2]['original']:.2f} ms at 2).")
 
 
 def _zipped(path: Path) -> int:
