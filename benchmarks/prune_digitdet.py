@@ -54,7 +54,8 @@ def structured_table(out: Path) -> str:
             "runs, sessions that do not spin); the run's own figure comes from spinning sessions.")
     return markdown(["recipe", "agreement mAP50", "matched recall", "mAP50 orig", "mAP50 pruned", "params",
                      "MACs (ratio)", "latency ms, in the run (ratio)", "re-measured*, 2 threads",
-                     "re-measured*, 1 thread", "surgery s", "pass s w/o fine-tune", "fine-tune steps / s", "check"], rows) + note
+                     "re-measured*, 1 thread", "surgery s", "pass s w/o fine-tune", "fine-tune steps / s",
+                     "check"], rows) + note
 
 
 def criteria_table(out: Path, ratios: list[float]) -> str:
