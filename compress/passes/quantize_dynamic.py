@@ -29,7 +29,6 @@ class DynamicConfig(PassConfig):
 
 def count_macs(model, example) -> dict:
     """MACs of one forward pass by layer kind (conv / linear / recurrent), via forward hooks."""
-    import torch
     from torch import nn
 
     totals = {"conv": 0, "linear": 0, "recurrent": 0}
@@ -58,15 +57,9 @@ def count_macs(model, example) -> dict:
             hooks.append(m.register_forward_hook(linear))
         elif isinstance(m, (nn.LSTM, nn.GRU, nn.RNN)):
             hooks.append(m.register_forward_hook(rnn))
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    from compress.hooks import run_with_hooks
+
+    run_with_hooks(model, example, hooks)
     return totals
 
 

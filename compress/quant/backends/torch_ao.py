@@ -130,13 +130,10 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> int:
     hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, convs)]
     hooks += [m.register_forward_pre_hook(bn_hook) for m in model.modules()
               if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    from compress.hooks import run_with_hooks
+
+    run_with_hooks(model, example, hooks)
+    model.eval()  # fusing folds BN only in eval mode
     unique = list({tuple(p): p for p in pairs}.values())
     if unique:
         fuse_modules(model, unique, inplace=True)
