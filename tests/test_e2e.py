@@ -143,6 +143,25 @@ def test_yolov8n_export_agrees(tmp_path):
     assert fid["agreement_map50"] >= 0.99 and fid["passed"]
 
 
+@pytest.mark.yolo
+@pytest.mark.slow
+def test_yolov8n_prune50_recipe_runs_as_shipped(tmp_path, capsys):
+    """The shipped YOLOv8n recipe end to end with 30 instead of 600 recovery steps: pruned,
+    distilled, exported and checked. 30 steps do not recover it, so the check must fail
+    loudly (exit 3) and still leave the full report (benchmarks/prune_yolo.py: 600 steps pass)."""
+    pytest.importorskip("ultralytics")
+    out = tmp_path / "run"
+    code = cli("run", ROOT / "recipes/yolov8n-prune50.yaml", "--out", out, *FAST, "--set", "prune.finetune.steps=30")
+    assert code == 3 and "fidelity check failed" in capsys.readouterr().err
+    rep = report_of(out)
+    sec = rep["passes"]["prune.structured"]
+    ft = [r["finetune"] for r in sec["rounds"] if r.get("finetune")]
+    assert [f["steps"] for f in ft] == [30] and ft[0]["loss"] == "distill"
+    assert 3.5 < rep["ratios"]["params"] < 4.5 and 3.5 < rep["ratios"]["macs"] < 4.5
+    assert rep["fidelity"]["passed"] is False and rep["fidelity"]["agreement_map50"] < 0.85
+    onnx.checker.check_model(onnx.load(str(out / "model.onnx")))
+
+
 @pytest.mark.slow
 def test_int8_default_detects_and_unprotected_head_fails_loudly(tmp_path, capsys):
     quick = [*FAST, "--set", "quantize.samples=64"]
