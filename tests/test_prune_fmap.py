@@ -32,41 +32,6 @@ def test_cluster_keep_known_answer():
     assert clusters_for(12, 0.75) == 3 and clusters_for(10, 0.55) == 5
 
 
-def test_coupled_channels_use_every_layer_of_the_group():
-    """Two convolutions added together are pruned as one group: the channel kept is decided
-    by both layers' feature maps, not by whichever torch-pruning calls the root."""
-    import torch_pruning as tp
-    from torch import nn
-
-    from compress.pruning.importance import FmapClusterImportance, group_features
-
-    class Res(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
-
-        def forward(self, x):
-            return self.c(self.a(x) + self.b(x))
-
-    model = Res()
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.rand(1, 3, 8, 8))
-    group = dg.get_pruning_group(model.a, tp.prune_conv_out_channels, idxs=list(range(8)))
-    flat = np.tile([1.0, 1.0, 0.0, 1.0], (8, 1))  # layer a cannot tell its channels apart
-    b = np.column_stack([np.arange(8.0), np.arange(8.0) + 1, np.zeros(8), np.ones(8)])  # b can
-    stats = {model.a: flat, model.b: b}
-    feats, var = group_features(group, stats, 8)
-    assert feats.shape == (8, 8)
-    assert {tuple(feats[:, :4][0]), tuple(feats[:, 4:][0])} == {tuple(flat[0]), tuple(b[0])}
-    np.testing.assert_allclose(var, (1 + (np.arange(8) + 1) / 8) / 2)
-    imp = FmapClusterImportance(lambda m: (8, 0.875), seed=0)  # K = 1: one channel survives
-    imp.stats = stats
-    assert int(torch.argmax(imp(group))) == 7  # b's largest in-box variance
-    imp.stats = {model.b: b}  # a member without statistics is skipped, not fatal
-    assert int(torch.argmax(imp(group))) == 7
-    imp.stats = {}
-    assert imp(group) is None
-
-
 def test_masks_and_letterbox_mapping():
     meta = Letterbox(scale=0.5, pad_x=0, pad_y=8, width=64, height=48)
     b = to_input_pixels(np.array([[0, 0, 32, 16]]), meta, (48, 64), (32, 32))

@@ -113,12 +113,10 @@ class StructuredPrune(Pass):
         from compress.pruning.fmap import collect_stats, feature_map_candidates
 
         images, source = self._boxes
-        from compress.pruning.importance import out_channel_members
-
-        groups = pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
-                                          root_module_types=pruner.root_module_types)
-        members = list(dict.fromkeys(m for g in groups for m, _, _ in out_channel_members(g)))
-        layers = feature_map_candidates(model, pruner.DG, members)
+        roots = [g[0].dep.target.module for g in
+                 pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                          root_module_types=pruner.root_module_types)]
+        layers = feature_map_candidates(model, pruner.DG, roots)
         pruner.importance.stats = collect_stats(model, layers, images, source, ctx.adapter)
 
     def apply(self, model, ctx):

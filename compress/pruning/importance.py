@@ -13,11 +13,11 @@ Embedded Board Environments":
 * in every cluster the channel with the largest in-box variance is kept; the others
   get the lowest importance.
 
-Channels that torch-pruning couples (outputs added by a residual connection, or
-concatenated and split again) are removed together, so a coupled channel is described by
-the features of every layer in its group side by side (4 numbers per layer, all
-standardised) and its "in-box variance" is the mean over those layers of each layer's
-variance relative to its largest.
+Channels torch-pruning couples (a residual add, equal chunks) are removed together but
+scored from the group's root layer alone (in C2f: the bottleneck's last convolution).
+Describing them by every coupled feature map side by side was tried and measured worse on
+digitdet (561 distillation steps): agreement mAP50 0.82 vs 0.84 at 70%, and at 80%
+0.10 vs 0.67 (seed 0), 0.58 vs 0.63 (seed 1).
 
 Scores are ``1 + v`` for a cluster's kept channel and ``0.5 * v`` for the others, with
 ``v`` the in-box variance divided by the layer's largest. torch-pruning removes the
@@ -39,12 +39,8 @@ import torch_pruning as tp
 from torch import nn
 
 
-def cluster_keep(features: np.ndarray, k: int, seed: int = 0, n_init: int = 5,
-                 var: np.ndarray | None = None) -> np.ndarray:
-    """Boolean mask over channels: the max in-box-variance channel of each of ``k`` clusters.
-
-    ``features`` is (C, 4 * layers); ``var`` the in-box variance per channel (default column 1).
-    """
+def cluster_keep(features: np.ndarray, k: int, seed: int = 0, n_init: int = 5) -> np.ndarray:
+    """Boolean mask over channels: the max in-box-variance channel of each of ``k`` clusters."""
     n = len(features)
     if k >= n:
         return np.ones(n, bool)
@@ -60,58 +56,19 @@ def cluster_keep(features: np.ndarray, k: int, seed: int = 0, n_init: int = 5,
         warnings.simplefilter("ignore")  # duplicate points -> fewer distinct clusters: fine
         labels = KMeans(n_clusters=k, init="k-means++", random_state=seed, n_init=n_init).fit_predict(x)
     keep = np.zeros(n, bool)
-    var = features[:, 1] if var is None else var
+    var = features[:, 1]
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
         keep[members[np.argmax(var[members])]] = True
     return keep
 
 
-def relative(v: np.ndarray) -> np.ndarray:
-    """``v / max(v)``, zeros when the maximum is not positive."""
-    v = np.asarray(v, np.float64)
-    return v / v.max() if v.max() > 0 else np.zeros_like(v)
-
-
-def cluster_scores(features: np.ndarray, k: int, seed: int = 0, n_init: int = 5,
-                   var: np.ndarray | None = None) -> np.ndarray:
+def cluster_scores(features: np.ndarray, k: int, seed: int = 0, n_init: int = 5) -> np.ndarray:
     """Per-channel importance: representatives ``1 + v``, others ``0.5 * v`` (see module doc)."""
-    v = relative(features[:, 1] if var is None else var)
-    keep = cluster_keep(features, k, seed, n_init, var=v)
+    keep = cluster_keep(features, k, seed, n_init)
+    var = np.asarray(features[:, 1], np.float64)
+    v = var / var.max() if var.max() > 0 else np.zeros_like(var)
     return np.where(keep, 1.0 + v, 0.5 * v)
-
-
-OUT_CHANNEL_FNS = (tp.pruner.function.prune_conv_out_channels, tp.pruner.function.prune_linear_out_channels)
-
-
-def out_channel_members(group) -> list[tuple[nn.Module, list[int], list[int]]]:
-    """``(layer, idxs, root_idxs)`` for every conv / linear whose output channels the group removes."""
-    out = []
-    for i, (dep, idxs) in enumerate(group):
-        root_idxs = group[i].root_idxs
-        if dep.pruning_fn in OUT_CHANNEL_FNS and root_idxs is not None and None not in root_idxs:
-            out.append((dep.target.module, list(idxs), list(root_idxs)))
-    return out
-
-
-def group_features(group, stats: dict[nn.Module, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(n, 4 * members) features of a group's ``n`` coupled channels and their in-box variance.
-
-    Rows are root channel indices; members without statistics are skipped; ``None`` when
-    no member has any.
-    """
-    blocks, variances = [], []
-    for layer, idxs, root_idxs in out_channel_members(group):
-        feats = stats.get(layer)
-        if feats is None or max(idxs) >= len(feats) or max(root_idxs) >= n:
-            continue
-        block = np.zeros((n, feats.shape[1]))
-        block[root_idxs] = feats[idxs]
-        blocks.append(block)
-        variances.append(relative(block[:, 1]))
-    if not blocks:
-        return None
-    return np.concatenate(blocks, 1), np.mean(variances, 0)
 
 
 def clusters_for(n: int, ratio: float) -> int:
@@ -136,15 +93,16 @@ class FmapClusterImportance(tp.importance.Importance):
     def __call__(self, group) -> torch.Tensor | None:
         dep, idxs = group[0]
         root = dep.target.module
-        n = len(idxs)
-        found = group_features(group, self.stats, n)
-        if found is None:
-            return None  # layers never seen in the calibration forward pass: leave them alone
-        feats, var = found
+        feats = self.stats.get(root)
+        if feats is None:
+            return None  # a layer never seen in the calibration forward pass: leave it alone
+        root_idxs = group[0].root_idxs if group[0].root_idxs is not None else idxs
         initial, ratio = self.plan(root)
+        n = len(feats)
         # cumulative target relative to the layer's initial width, as torch-pruning counts
         k = min(n, max(1, initial - int(math.floor(initial * ratio + 1e-9))))
-        return torch.as_tensor(cluster_scores(feats, k, self.seed, self.n_init, var=var), dtype=torch.float32)
+        scores = cluster_scores(feats, k, self.seed, self.n_init)
+        return torch.as_tensor(scores[list(root_idxs)], dtype=torch.float32)
 
 
 def make_importance(criterion: str, *, plan=None, seed: int = 0, n_init: int = 5):
