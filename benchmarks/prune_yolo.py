@@ -32,8 +32,9 @@ def recovery_table(out: Path, steps: int) -> str:
     rows = []
     for point, rep, _ in found:
         o, c, r, f = rep["original"], rep["compressed"], rep["ratios"], rep["fidelity"]
-        ft_steps, ft_s = finetune_stats(section(rep, "prune.structured"))
-        lr = 0.002 * float(point["prune.finetune.lr_scale"])
+        sec = section(rep, "prune.structured")
+        ft_steps, ft_s = finetune_stats(sec)
+        lr = next(r["finetune"]["lr"] for r in sec["rounds"] if r.get("finetune"))
         rows.append([point["prune.finetune.loss"], f"{lr:g}", f"{ft_steps} / {ft_s:.0f}",
                      num(f["agreement_map50"]), num(f["matched_recall"]), num(o.get("map50")), num(c.get("map50")),
                      f"{num(o['params'])} -> {num(c['params'])}", f"{r['macs']:.2f}x",

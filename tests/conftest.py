@@ -9,7 +9,19 @@ the plain way and leave the patch in place for every later test of this process.
 
 import importlib.util
 
+import pytest
+import torch
+
 if importlib.util.find_spec("ultralytics") is not None:
     from compress.offline import import_ultralytics
 
     import_ultralytics()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module's tests (2 shared cores: more threads only contend)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -196,6 +196,14 @@ def seeded(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def ort_run(path, x: np.ndarray) -> np.ndarray:
+    """The first output of an ONNX file run by ONNX Runtime on the CPU."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
 def make_ctx(adapter, model, data=None, seed: int = 0, work_dir: Path | None = None) -> Context:
     ref = copy.deepcopy(model).eval().requires_grad_(False)
     work = work_dir or Path(tempfile.mkdtemp(prefix="prune-test-"))

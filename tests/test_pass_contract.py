@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from compress.errors import PassError
 from compress.passes import registered
 from compress.passes.base import PassConfig
-from prune_fixtures import (IMGSZ, TinyClsAdapter, TinyDetAdapter, cls_dataset, det_dataset, make_ctx, tiny_cls,
+from prune_fixtures import (IMGSZ, ort_run, TinyClsAdapter, TinyDetAdapter, cls_dataset, det_dataset, make_ctx, tiny_cls,
                             tiny_det)
 
 TINY = [("detector", tiny_det, TinyDetAdapter, det_dataset), ("classifier", tiny_cls, TinyClsAdapter, cls_dataset)]
@@ -50,12 +50,6 @@ def minimal_config(type_name: str, cls) -> PassConfig:
     except ValidationError as e:  # pragma: no cover - tells the pass author what to add
         pytest.fail(f"{type_name}: add a sample config to SAMPLES in {__file__}: {e}")
 
-
-def _ort_run(path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
 @pytest.mark.parametrize("type_name", sorted(registered()))
@@ -97,6 +91,6 @@ def _apply_and_export(p, model, adapter, ctx, out):
         ctx.model = model
         fp32 = export_onnx(model, adapter, out / "fp32.onnx", opset=17)
         path = p.apply_onnx(fp32, ctx)
-    got = _ort_run(path, x.numpy())
+    got = ort_run(path, x.numpy())
     assert got.shape == want_shape and np.isfinite(got).all()
     assert ctx.report.get(p.label), f"{p.type} wrote no report section"

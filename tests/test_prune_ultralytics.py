@@ -16,14 +16,14 @@ import pytest
 import torch
 
 pytest.importorskip("ultralytics")
-pytestmark = pytest.mark.yolo
+pytestmark = [pytest.mark.yolo, pytest.mark.usefixtures("one_torch_thread")]
 
 from compress.data import builtin_dataset  # noqa: E402
 from compress.export import export_onnx  # noqa: E402
 from compress.models import load_model  # noqa: E402
 from compress.passes import registered  # noqa: E402
 from compress.recipe import ModelSpec  # noqa: E402
-from prune_fixtures import make_ctx  # noqa: E402
+from prune_fixtures import make_ctx, ort_run  # noqa: E402
 
 IMGSZ = 64
 NAMES = [str(i) for i in range(10)]
@@ -41,13 +41,6 @@ PASSES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def built():
@@ -59,12 +52,6 @@ def built():
 def data():
     return builtin_dataset("digits-det", "calib", 8)
 
-
-def _ort(path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
 def _conv_params(model) -> int:
@@ -105,5 +92,5 @@ def test_pass_on_ultralytics(cfg, name, built, data, tmp_path):
         assert section["overall_sparsity"] == pytest.approx(zeros / n0, abs=0.02)
 
     onnx_path = export_onnx(model, adapter, tmp_path / "model.onnx", opset=17)
-    out = _ort(onnx_path, x.numpy())
+    out = ort_run(onnx_path, x.numpy())
     np.testing.assert_allclose(out, got.numpy(), rtol=1e-3, atol=1e-3)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 pytest.importorskip("ultralytics")
-pytestmark = pytest.mark.yolo
+pytestmark = [pytest.mark.yolo, pytest.mark.usefixtures("one_torch_thread")]
 
 from compress.errors import ModelLoadError  # noqa: E402
 from compress.models import adapter_class, load_model  # noqa: E402
@@ -21,13 +21,6 @@ from compress.types import Detections, Sample  # noqa: E402
 IMGSZ = 128
 NAMES = [str(i) for i in range(10)]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: more threads only contend
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

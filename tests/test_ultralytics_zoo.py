@@ -7,7 +7,7 @@ import pytest
 import torch
 
 pytest.importorskip("ultralytics")
-pytestmark = pytest.mark.yolo
+pytestmark = [pytest.mark.yolo, pytest.mark.usefixtures("one_torch_thread")]
 
 from compress.models import load_model  # noqa: E402
 from compress.models.checkpoint import read_checkpoint  # noqa: E402
@@ -16,13 +16,6 @@ from compress.recipe import ModelSpec  # noqa: E402
 
 WEIGHTS = ZOO / "yolov8n-digits.pt"
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason="yolov8n-digits.pt not shipped")
