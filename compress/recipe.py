@@ -11,13 +11,23 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from compress.errors import RecipeError
+from compress.deploy.config import DeployConfig
+from compress.yamlio import clip
+
+# Upper bounds on counts: far above any real use, low enough that a typo cannot hang a run.
+MAX_SAMPLES = 1_000_000  # images taken from a data set
+MAX_PASSES = 100
+MAX_CLASSES = 100_000
+MAX_IMGSZ = 8192
+NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,-]{0,99}")  # becomes the folder runs/<name>
 
 
 class _Strict(BaseModel):
@@ -32,8 +42,22 @@ class ModelSpec(_Strict):
     adapter: str | None = None  # digitdet | lenet5 | ultralytics | generic (guessed when omitted)
     arch: str | None = None  # "module:factory" that builds the architecture for a plain state_dict
     task: Literal["detect", "classify"] | None = None  # for the generic adapter
-    class_names: list[str] | None = None
-    imgsz: int | None = Field(default=None, gt=0)
+    class_names: list[str] | None = Field(default=None, max_length=MAX_CLASSES)
+    imgsz: int | None = Field(default=None, gt=0, le=MAX_IMGSZ)
+    output_layout: str | None = None  # generic detectors: ultralytics | end2end | torchvision
+    decode: str | None = None  # generic detectors: "module:fn" turning the output into (B, N, 6)
+
+    @model_validator(mode="after")
+    def _layout(self):
+        if self.output_layout is not None:
+            from compress.models.layouts import LAYOUTS
+
+            if self.output_layout not in LAYOUTS:
+                raise ValueError(f"output_layout: unknown layout '{self.output_layout}' "
+                                 f"(known: {', '.join(sorted(LAYOUTS))})")
+        if self.output_layout is not None and self.decode is not None:
+            raise ValueError("give model.output_layout or model.decode, not both")
+        return self
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -49,7 +73,7 @@ class DataSource(_Strict):
     split: Literal["train", "val", "calib"] = "val"
     path: str | None = None
     format: Literal["auto", "yolo", "coco", "folder"] = "auto"
-    samples: int | None = Field(default=None, gt=0)
+    samples: int | None = Field(default=None, gt=0, le=MAX_SAMPLES)
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -66,6 +90,8 @@ class DataSpec(_Strict):
 class ExportConfig(_Strict):
     opset: int = Field(default=17, ge=17, le=23)
     simplify: bool = True
+    # end-to-end heads (YOLOv10, YOLO26): true = NMS-free (B, max_det, 6), false/None = raw (B, 4+nc, N)
+    end2end: bool | None = None
 
 
 class FidelityConfig(_Strict):
@@ -74,19 +100,23 @@ class FidelityConfig(_Strict):
     conf: float = Field(default=0.25, gt=0, lt=1)  # original's detections above this = pseudo ground truth
     eval_conf: float = Field(default=0.001, gt=0, lt=1)  # compressed model's scoring threshold
     iou: float = Field(default=0.7, gt=0, lt=1)  # NMS IoU
-    samples: int | None = Field(default=None, gt=0)  # validation images used (all when omitted)
+    samples: int | None = Field(default=None, gt=0, le=MAX_SAMPLES)  # validation images used (all when omitted)
     min_agreement_map50: float | None = Field(default=0.9, ge=0, le=1)
     min_agreement_map50_95: float | None = Field(default=None, ge=0, le=1)
     min_matched_recall: float | None = Field(default=0.8, ge=0, le=1)  # catches shrunken scores mAP cannot see
     max_score_drift: float | None = Field(default=None, ge=0, le=1)
     min_top1_agreement: float | None = Field(default=0.9, ge=0, le=1)  # classifiers
-    overlays: int = Field(default=4, ge=0)
+    min_top5_agreement: float | None = Field(default=None, ge=0, le=1)  # classifiers, > 5 classes
+    max_kl: float | None = Field(default=None, ge=0)  # classifiers: KL(original || compressed), nats
+    overlays: int = Field(default=4, ge=0, le=100)
 
 
 class BenchmarkConfig(_Strict):
-    threads: int = Field(default=2, ge=1)
-    warmup: int = Field(default=10, ge=0)
-    runs: int = Field(default=50, ge=1)
+    # torch (fine-tuning, calibration) and ONNX Runtime intra-op threads; None: the physical cores of the
+    # machine that runs it (resolved at run time, so the recipe and its hash stay machine-independent)
+    threads: int | None = Field(default=None, ge=1, le=256)
+    warmup: int = Field(default=10, ge=0, le=10_000)
+    runs: int = Field(default=50, ge=1, le=100_000)
 
 
 class Recipe(_Strict):
@@ -97,7 +127,22 @@ class Recipe(_Strict):
     export: ExportConfig = ExportConfig()
     fidelity: FidelityConfig = FidelityConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
-    seed: int = 0
+    deploy: DeployConfig | None = None  # compress/deploy: targets, select, cpu
+    seed: int = Field(default=0, ge=0, lt=2**32)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        """The name becomes the output folder runs/<name>: one plain path component."""
+        if not v:
+            raise ValueError("must not be empty")
+        if "/" in v or "\\" in v:
+            raise ValueError("must not contain a path separator (it names the folder runs/<name>)")
+        if ".." in v:
+            raise ValueError("must not contain '..'")
+        if not NAME_CHARS.fullmatch(v):
+            raise ValueError("use 1-100 letters, digits and . _ + = , - starting with a letter or digit")
+        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -109,6 +154,8 @@ class Recipe(_Strict):
         raw = values.get("passes") or []
         if not isinstance(raw, list):
             raise _FieldError(("passes",), "must be a list of passes")
+        if len(raw) > MAX_PASSES:
+            raise _FieldError(("passes",), f"at most {MAX_PASSES} passes (got {len(raw)})")
         out = []
         for i, item in enumerate(raw):
             if not isinstance(item, dict):
@@ -120,7 +167,8 @@ class Recipe(_Strict):
                 from compress.passes import registered
 
                 known = ", ".join(sorted(registered()))
-                raise _FieldError(("passes", i, "type"), f"unknown pass type '{item['type']}' (known: {known})")
+                raise _FieldError(("passes", i, "type"),
+                                  f"unknown pass type '{clip(item['type'], 80)}' (known: {known})")
             try:
                 out.append(pass_cls.Config.model_validate(item))
             except ValidationError as e:
@@ -133,6 +181,8 @@ class Recipe(_Strict):
         """The resolved recipe as plain data (what gets written beside the outputs)."""
         d = self.model_dump(mode="json", exclude={"passes"})
         d["passes"] = [p.model_dump(mode="json") for p in self.passes]
+        if d.get("deploy", 0) is None:  # absent, so recipes without deploy keep their digest
+            del d["deploy"]
         return d
 
     def digest(self) -> str:
@@ -152,7 +202,8 @@ class _FieldError(ValueError):
 def _loc_str(loc: tuple) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        part = part if isinstance(part, int) else clip(str(part), 60)
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
     return out or "recipe"
 
 
@@ -160,7 +211,7 @@ def _format_errors(source: str, err: Exception) -> str:
     if isinstance(err, _FieldError):
         if isinstance(err.problem, ValidationError):
             return _format_errors(source, _Prefixed(err.loc, err.problem))
-        return f"{source}: {_loc_str(err.loc)}: {err.problem}"
+        return f"{source}: {_loc_str(err.loc)}: {clip(str(err.problem), 400)}"
     if isinstance(err, _Prefixed):
         prefix, verr = err.loc, err.error
     else:
@@ -168,11 +219,11 @@ def _format_errors(source: str, err: Exception) -> str:
     lines = []
     for e in verr.errors():
         loc = prefix + tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        msg = e["msg"].removeprefix("Value error, ")
+        msg = clip(e["msg"].removeprefix("Value error, "), 300)
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
         elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], (dict, list)):
-            msg += f" (got {e['input']!r})"
+            msg += f" (got {clip(repr(e['input']))})"
         lines.append(f"{source}: {_loc_str(loc)}: {msg}")
     return "; ".join(lines[:3]) + (f" (+{len(lines) - 3} more)" if len(lines) > 3 else "")
 
@@ -205,15 +256,10 @@ def validate(data: dict, source: str = "recipe") -> Recipe:
 
 
 def read_yaml(path: str | Path) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise RecipeError(f"{p}: recipe not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise RecipeError(f"{p}: not valid YAML{where}") from None
+    """The raw mapping of a recipe file (see :mod:`compress.yamlio` for what is refused)."""
+    from compress import yamlio
+
+    data = yamlio.load_file(path, RecipeError, what="recipe")
     return data if data is not None else {}
 
 
@@ -225,6 +271,12 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return validate(data, source=str(path))
 
 
+def describe(recipe: Recipe) -> str:
+    """One line for ``compress validate``: ``ok: <name> (N passes)``."""
+    n = len(recipe.passes)
+    return f"ok: {recipe.name} ({n} pass{'' if n == 1 else 'es'})"
+
+
 def apply_overrides(data: dict, overrides: list[str], source: str = "recipe") -> dict:
     """Apply ``--set`` overrides to a raw recipe mapping (returns a copy).
 
@@ -233,24 +285,29 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "recipe") ->
     so ``prune.ratio=0.6`` sets ``ratio`` of the only pass whose type starts with
     ``prune``. Values are parsed as YAML (``0.5``, ``true``, ``[a, b]``).
     """
+    from compress import yamlio
+
     data = copy.deepcopy(data) if isinstance(data, dict) else {}
     for item in overrides:
         if "=" not in item:
-            raise RecipeError(f"--set {item}: expected key=value")
-        key, raw = item.split("=", 1)
+            raise RecipeError(f"--set {clip(item, 120)}: expected key=value")
+        full, raw = item.split("=", 1)
+        key = clip(full, 120)  # as shown in messages
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
+            value = yamlio.loads(raw, "--set", RecipeError)
+        except RecipeError:
             value = raw
-        parts = key.strip().split(".")
+        parts = full.strip().split(".")
         target, rest = _resolve_target(data, parts, source, key)
         if not rest:
             raise RecipeError(f"--set {key}: names a whole section; set one of its fields")
         node = target
         for p in rest[:-1]:
-            node = node.setdefault(p, {})
+            node = node.setdefault(p, {}) if isinstance(node, dict) else None
             if not isinstance(node, dict):
-                raise RecipeError(f"--set {key}: '{p}' is not a mapping")
+                raise RecipeError(f"--set {key}: '{clip(p, 60)}' is not a mapping")
+        if not isinstance(node, dict):
+            raise RecipeError(f"--set {key}: the target in {source} is not a mapping")
         node[rest[-1]] = value
     return data
 
@@ -260,8 +317,10 @@ def _resolve_target(data: dict, parts: list[str], source: str, key: str) -> tupl
     if parts[0] in top_fields:
         return data, parts
     passes = data.get("passes") or []
+    if not isinstance(passes, list):
+        raise RecipeError(f"--set {key}: 'passes' in {source} is not a list")
     if parts[0] == "passes":
-        if len(parts) < 2 or not parts[1].isdigit() or int(parts[1]) >= len(passes):
+        if len(parts) < 2 or not re.fullmatch(r"[0-9]{1,6}", parts[1]) or int(parts[1]) >= len(passes):
             raise RecipeError(f"--set {key}: no pass with that index in {source} ({len(passes)} passes)")
         return passes[int(parts[1])], parts[2:]
     # longest prefix of parts that names a pass (by name, type, or type prefix)
@@ -275,8 +334,9 @@ def _resolve_target(data: dict, parts: list[str], source: str, key: str) -> tupl
         if len(hits) == 1:
             return hits[0], parts[n:]
         if len(hits) > 1:
-            raise RecipeError(f"--set {key}: '{head}' matches {len(hits)} passes; use passes.N.{'.'.join(parts[n:])}")
-    raise RecipeError(f"--set {key}: '{parts[0]}' is neither a recipe field nor a pass in {source}")
+            rest = clip(".".join(parts[n:]), 60)
+            raise RecipeError(f"--set {key}: '{head}' matches {len(hits)} passes; use passes.N.{rest}")
+    raise RecipeError(f"--set {key}: '{clip(parts[0], 60)}' is neither a recipe field nor a pass in {source}")
 
 
 def dump(recipe: Recipe) -> str:

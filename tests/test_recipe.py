@@ -1,5 +1,7 @@
 """Recipe validation, overrides and round trip."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -42,6 +44,16 @@ def test_yaml_round_trip(tmp_path):
     again = R.load(p)
     assert again.to_dict() == r.to_dict()
     assert again.digest() == r.digest()
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("recipes/**/*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_recipe_reloads_from_its_resolved_form(tmp_path, path):
+    """The recipe.yaml a run writes lists every field; it must validate again to the same digest."""
+    r = R.load(path)
+    p = tmp_path / "resolved.yaml"
+    p.write_text(R.dump(r))
+    assert R.load(p).digest() == r.digest()
 
 
 def test_digest_changes_with_content():
@@ -89,3 +101,26 @@ def test_shipped_recipes_validate():
         r = R.load(p)
         assert r.name, p
         assert yaml.safe_load(R.dump(r))["name"] == r.name
+
+
+def test_override_values_are_parsed_by_the_safe_loader():
+    out = R.apply_overrides(BASE, ["fidelity.samples=[&a [1, 1], *a]", "seed=7"])
+    assert out["fidelity"]["samples"] == "[&a [1, 1], *a]"  # aliases refused: kept as the literal text
+    assert out["seed"] == 7
+
+
+def test_describe_and_name_round_trip(tmp_path):
+    r = R.validate({**BASE, "name": "run.v2_int8+p=0.5", "passes": [{"type": "prune.structured", "ratio": 0.5}]})
+    assert R.describe(r) == "ok: run.v2_int8+p=0.5 (1 pass)"
+    p = tmp_path / "r.yaml"
+    p.write_text(R.dump(r))
+    assert R.load(p).name == r.name
+
+
+def test_clip_keeps_messages_short_and_on_one_line():
+    from compress.yamlio import clip
+
+    assert clip("abc") == "abc"
+    assert clip("a\nb") == "a\\nb"
+    long = clip("x" * 10_000, 50)
+    assert long.startswith("x" * 50) and long.endswith("... (10000 chars)") and len(long) < 80

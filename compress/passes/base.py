@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
-from torch import nn
 
-if TYPE_CHECKING:  # pragma: no cover
+if TYPE_CHECKING:  # pragma: no cover  (torch stays unimported until a pass runs)
+    from torch import nn
+
     from compress.context import Context
 
 

@@ -38,23 +38,23 @@ class FinetuneConfig(BaseModel):
     """How to fine-tune: length, optimiser, loss and data. Embeddable in other passes."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-    epochs: int | None = Field(default=None, ge=1)  # passes over the data (1 when neither is set)
-    steps: int | None = Field(default=None, ge=1)  # or a fixed number of optimiser steps
-    base_lr: float = Field(default=1e-3, gt=0)
-    lr_scale: float = Field(default=0.1, gt=0)  # lr = base_lr * lr_scale
+    epochs: int | None = Field(default=None, ge=1, le=1000)  # passes over the data (1 when neither is set)
+    steps: int | None = Field(default=None, ge=1, le=1_000_000)  # or a fixed number of optimiser steps
+    base_lr: float = Field(default=1e-3, gt=0, le=10)
+    lr_scale: float = Field(default=0.1, gt=0, le=100)  # lr = base_lr * lr_scale
     optimizer: Literal["adamw", "sgd"] = "adamw"
     momentum: float = Field(default=0.9, ge=0, lt=1)  # sgd only
-    weight_decay: float = Field(default=1e-4, ge=0)
+    weight_decay: float = Field(default=1e-4, ge=0, le=10)
     schedule: Literal["cosine", "constant"] = "cosine"
-    batch_size: int = Field(default=16, ge=1)
+    batch_size: int = Field(default=16, ge=1, le=4096)
     loss: Literal["auto", "task", "distill"] = "auto"
     distill: Literal["auto", "yolo", "mse"] = "auto"  # distillation loss; auto: yolo for detector head maps
     data: DataSource | None = None  # training images; the calibration set when omitted
-    samples: int | None = Field(default=None, gt=0)  # use only the first N images
+    samples: int | None = Field(default=None, gt=0, le=1_000_000)  # use only the first N images
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bn_eval: bool = False  # keep BatchNorm statistics frozen (eval mode) while training
-    grad_clip: float | None = Field(default=10.0, gt=0)
-    eval_batches: int = Field(default=4, ge=1)  # batches measured for loss before/after
+    grad_clip: float | None = Field(default=10.0, gt=0, le=1e6)
+    eval_batches: int = Field(default=4, ge=1, le=10_000)  # batches measured for loss before/after
     freeze_observers: float = Field(default=0.5, ge=0, le=1)  # QAT: fraction of steps, then freeze
 
     @model_validator(mode="after")
@@ -283,6 +283,7 @@ def run_finetune(model: "nn.Module", ctx: "Context", cfg: BaseModel, *, fake_qua
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
 
     t0 = time.perf_counter()
+    threads = torch.get_num_threads()  # set by the runner from --threads / benchmark.threads
     before = _measure(model, fn, batches, fixed, device, cfg.bn_eval)
     freeze_at = int(total * cfg.freeze_observers) if fake_quant else None
     bn_eval = cfg.bn_eval
@@ -321,7 +322,7 @@ def run_finetune(model: "nn.Module", ctx: "Context", cfg: BaseModel, *, fake_qua
         report.update({"loss": kind, "loss_before": round(before, 6), "loss_after": round(after, 6),
                        "train_loss_last": round(sum(losses[-10:]) / len(losses[-10:]), 6),
                        "steps": total, "images": len(data), "batch_size": batches.bs, "lr": cfg.lr,
-                       "optimizer": cfg.optimizer, "device": str(device),
+                       "optimizer": cfg.optimizer, "device": str(device), "torch_threads": threads,
                        "seconds": round(time.perf_counter() - t0, 2)})
     ctx.log.info("%s: %s loss %.4g -> %.4g in %d steps", label, kind, before, after, total)
     return model

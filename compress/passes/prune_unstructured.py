@@ -14,14 +14,15 @@ report labels this section ``size_only`` and the runner adds the measured latenc
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from torch import nn
 
 from compress.errors import PassError
 from compress.passes.base import Pass, PassConfig, register
-from compress.pruning.targets import select
+
+if TYPE_CHECKING:  # torch is imported when the pass runs, not when a recipe is validated
+    from torch import nn
 
 NOTE = "size only -- dense kernels do not skip zeros"
 
@@ -35,6 +36,8 @@ class Target(BaseModel):
 
 
 def _weighted_types(include_bn: bool) -> tuple[type, ...]:
+    from torch import nn
+
     base = (nn.modules.conv._ConvNd, nn.Linear)
     return base + (nn.modules.batchnorm._BatchNorm,) if include_bn else base
 
@@ -70,6 +73,8 @@ class UnstructuredPrune(Pass):
 
     def plan(self, model: nn.Module, ctx) -> dict[str, tuple[nn.Module, float]]:
         """``{layer name: (module, amount)}``; later targets override earlier ones."""
+        from compress.pruning.targets import select
+
         cfg = self.config
         protected = set() if cfg.prune_protected else {id(m) for p in ctx.adapter.protected_layers(model)
                                                        for m in p.modules()}

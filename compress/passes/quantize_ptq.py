@@ -28,11 +28,11 @@ _ONLY = {  # option -> the backends it applies to
 
 class PtqConfig(PassConfig):
     backend: Literal["onnxruntime", "nncf", "torch"] = "onnxruntime"
-    samples: int | None = Field(default=None, ge=1)  # calibration images (300 or all when omitted)
+    samples: int | None = Field(default=None, ge=1, le=100_000)  # calibration images (300 or all when omitted)
     protect_head: bool = True  # keep a detector's decode tail float
     # more layers to keep float: ONNX node names, op types or re:<regex> (backend torch: module names/types)
     ignore: list[str] = []
-    diagnose: int = Field(default=0, ge=0)  # report the N layers whose int8 activations drift most
+    diagnose: int = Field(default=0, ge=0, le=1000)  # report the N layers whose int8 activations drift most
     # how activation ranges are found: onnxruntime minmax (default) | entropy | percentile;
     # torch: histogram (the engine's default observer) | minmax (much faster)
     calibrate: Literal["minmax", "entropy", "percentile", "histogram"] | None = None
@@ -50,11 +50,13 @@ class PtqConfig(PassConfig):
 
     @model_validator(mode="after")
     def _backend_options(self):
-        for name in sorted(self.model_fields_set):
+        # a field at its default is not a request (a resolved recipe lists every field)
+        changed = {n for n in self.model_fields_set if getattr(self, n) != type(self).model_fields[n].default}
+        for name in sorted(changed):
             allowed = _ONLY.get(name)
             if allowed and self.backend not in allowed:
                 raise ValueError(f"'{name}' applies to backend {' / '.join(allowed)}, not '{self.backend}'")
-        if "percentile" in self.model_fields_set and self.calibrate != "percentile":
+        if "percentile" in changed and self.calibrate != "percentile":
             raise ValueError("'percentile' needs calibrate: percentile")
         allowed = {"onnxruntime": ("minmax", "entropy", "percentile"), "torch": ("histogram", "minmax")}
         if self.calibrate is not None and self.calibrate not in allowed.get(self.backend, ()):

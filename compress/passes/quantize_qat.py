@@ -30,7 +30,7 @@ class QatConfig(FinetuneConfig, PassConfig):
     engine: Literal["x86", "qnnpack"] = "x86"
     protect_head: bool = True
     ignore: list[str] = []  # Conv/Linear module names, class names or re:<regex> to keep float
-    calib_samples: int | None = Field(default=None, ge=1)  # images that set the initial ranges (64 when omitted)
+    calib_samples: int | None = Field(default=None, ge=1, le=100_000)  # images that set the initial ranges (64 when omitted)
 
 
 @register("quantize.qat")
