@@ -3,8 +3,11 @@
     sweep("recipes/digitdet-prune-sweep.yaml", {"prune.ratio": [0.5, 0.6, 0.7]}, "runs/sweep")
 
 Every grid point is one ordinary run in its own sub-folder named after its overrides
-(``prune.ratio=0.6``). Points are cached: a point whose ``report.json`` records the same
-recipe digest is not run again, so an interrupted sweep resumes where it stopped.
+(``prune.ratio=0.6``). Points are cached: a point is not run again when its ``sweep-key.txt``
+holds the same :func:`input_key` -- the resolved recipe, the content hash of the checkpoint
+(and of an architecture or model-yaml file) and the listing of every data folder (paths,
+sizes, modification times, and the content of label files) -- so an interrupted sweep
+resumes where it stopped, and a changed checkpoint or data set at the same path recomputes.
 The sweep folder gets ``sweep.csv``, ``sweep.md``, ``sweep.json`` and the plots of
 :mod:`compress.report.plots`.
 
@@ -17,6 +20,7 @@ detectors, top-1 accuracy for classifiers), else the agreement with the original
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import itertools
 import json
@@ -110,29 +114,104 @@ def summarize(report: dict) -> dict[str, Any]:
     return row
 
 
-def _recorded_digest(report_path: Path) -> str | None:
+# -- the cache key -----------------------------------------------------------------------------
+KEY_FILE = "sweep-key.txt"
+_LABEL_SUFFIXES = {".txt", ".json", ".yaml", ".yml", ".csv", ".xml"}  # hashed by content, not only stat
+_MAX_FILES = 200_000
+
+
+def _file_hash(path: Path, memo: dict) -> str:
+    st = path.stat()
+    k = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if k not in memo:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        memo[k] = h.hexdigest()
+    return memo[k]
+
+
+def _listing_hash(path: Path, memo: dict) -> str:
+    """Hash of a data path: every file's relative path, size and mtime; label files by content."""
+    h = hashlib.sha256()
+    if not path.exists():
+        return "missing"
+    files = [path] if path.is_file() else sorted(q for q in path.rglob("*") if q.is_file())
+    for q in files[:_MAX_FILES]:
+        st = q.stat()
+        rel = q.name if q == path else str(q.relative_to(path))
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        if q.suffix.lower() in _LABEL_SUFFIXES and st.st_size <= 1 << 20:
+            h.update(_file_hash(q, memo).encode())
+    h.update(f"{len(files)}".encode())
+    return h.hexdigest()
+
+
+def _data_paths(node: Any) -> list[str]:
+    """Every ``path`` of a DataSource-shaped mapping in a resolved recipe dict."""
+    out = []
+    if isinstance(node, dict):
+        if isinstance(node.get("path"), str) and "format" in node:
+            out.append(node["path"])
+        for v in node.values():
+            out += _data_paths(v)
+    elif isinstance(node, list):
+        for v in node:
+            out += _data_paths(v)
+    return out
+
+
+def input_key(recipe, memo: dict | None = None) -> str:
+    """What a point's result depends on: recipe digest + checkpoint content + data listings."""
+    memo = {} if memo is None else memo
+    h = hashlib.sha256(recipe.digest().encode())
+    spec = recipe.model
+    files = [spec.checkpoint, spec.builtin, (spec.arch or "").rsplit(":", 1)[0] or None]
+    for f in files:
+        if f and Path(f).is_file():
+            h.update(f"model:{f}:{_file_hash(Path(f), memo)}".encode())
+        elif spec.checkpoint and f == spec.checkpoint:
+            h.update(b"model:missing")
+    for d in sorted(set(_data_paths(recipe.to_dict()))):
+        h.update(f"data:{d}:{_listing_hash(Path(d), memo)}".encode())
+    return h.hexdigest()[:32]
+
+
+def _cached_key(point_dir: Path) -> str | None:
     try:
-        report = json.loads(report_path.read_text())
-    except (OSError, ValueError):
+        return (point_dir / KEY_FILE).read_text().strip() or None
+    except OSError:
         return None
-    rec = report.get("recipe") if isinstance(report, dict) else None
-    return rec.get("digest") if isinstance(rec, dict) else None
 
 
 # -- the sweep --------------------------------------------------------------------------------
-def _default_runner(recipe, out_dir: Path, *, force: bool, quiet: bool) -> dict:
+def _default_runner(recipe, out_dir: Path, *, force: bool, quiet: bool, trust_checkpoint: bool = False) -> dict:
     from compress.api import run
 
-    return run(recipe, out_dir, force=force, quiet=quiet)
+    return run(recipe, out_dir, force=force, quiet=quiet, trust_checkpoint=trust_checkpoint)
+
+
+def _claim(out_dir: Path) -> None:
+    """Create and mark the sweep folder; refuse a non-empty folder that no compress command wrote."""
+    from compress.atomic import is_compress_output, mark_output
+
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not is_compress_output(out_dir):
+        raise CompressError(f"{out_dir} exists and is not a compress output (no .compress-run marker); "
+                            "choose another --out")
+    mark_output(out_dir)
 
 
 def sweep(recipe_path: str | Path, grid: dict[str, Sequence[Any]], out_dir: str | Path, *, force: bool = False,
           base_overrides: Sequence[str] = (), runner: Callable[..., dict] | None = None,
-          quiet: bool = False, plots: bool = True) -> list[dict[str, Any]]:
+          quiet: bool = False, plots: bool = True, raw: dict | None = None,
+          trust_checkpoint: bool = False) -> list[dict[str, Any]]:
     """Run ``recipe_path`` at every point of ``grid``; write sweep.csv/.md/.json and plots into ``out_dir``.
 
-    ``base_overrides`` (``key=value``) apply to every point. ``runner(recipe, point_dir, force=,
-    quiet=) -> report`` defaults to :func:`compress.api.run`. A point that fails with a
+    ``base_overrides`` (``key=value``) apply to every point; ``raw`` is the recipe mapping to use
+    instead of reading ``recipe_path`` (e.g. with the CLI's --model/--data applied). ``runner(recipe,
+    point_dir, force=, quiet=) -> report`` defaults to :func:`compress.api.run`. No plots are drawn
+    when no point succeeded. A point that fails with a
     ``CompressError`` gets a row with its ``error`` and the sweep goes on; ``force`` reruns
     cached points; ``plots=False`` skips the PNGs. Returns the rows (one dict per point, swept keys first).
     """
@@ -143,9 +222,15 @@ def sweep(recipe_path: str | Path, grid: dict[str, Sequence[Any]], out_dir: str 
     runner = runner or _default_runner
     points = expand(grid)
     # validate every point's recipe before running any, so a typo fails at once
-    recipes = [recipe_mod.load(recipe_path, [*base_overrides, *(f"{k}={v}" for k, v in p.items())])
-               for p in points]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    def resolve(point):
+        sets = [*base_overrides, *(f"{k}={v}" for k, v in point.items())]
+        if raw is None:
+            return recipe_mod.load(recipe_path, sets)
+        return recipe_mod.validate(recipe_mod.apply_overrides(raw, sets, source=str(recipe_path)), str(recipe_path))
+
+    recipes = [resolve(p) for p in points]
+    memo: dict = {}
+    _claim(out_dir)
     rows, baseline = [], None
     with progress(quiet) as bar:
         task = bar.add_task("sweep", total=len(points)) if bar is not None else None
@@ -155,13 +240,17 @@ def sweep(recipe_path: str | Path, grid: dict[str, Sequence[Any]], out_dir: str 
             if bar is not None:
                 bar.update(task, description=f"sweep {name}")
             report_path = point_dir / "report.json"
-            cached = not force and report_path.is_file() and _recorded_digest(report_path) == recipe.digest()
             error = None
             try:
+                key = input_key(recipe, memo)
+                cached = not force and report_path.is_file() and _cached_key(point_dir) == key
                 if cached:
                     report = json.loads(report_path.read_text())
                 else:
-                    report = runner(recipe, point_dir, force=force or point_dir.exists(), quiet=True)
+                    kwargs = {"trust_checkpoint": True} if trust_checkpoint else {}
+                    report = runner(recipe, point_dir, force=force or point_dir.exists(), quiet=True, **kwargs)
+                    if (point_dir / "report.json").is_file():
+                        (point_dir / KEY_FILE).write_text(key + "\n")
             except CompressError as e:
                 report, error = {}, str(e).splitlines()[0] if str(e) else type(e).__name__
             baseline = baseline or report.get("original")
@@ -169,7 +258,8 @@ def sweep(recipe_path: str | Path, grid: dict[str, Sequence[Any]], out_dir: str 
             if bar is not None:
                 bar.advance(task)
     mark_pareto(rows)
-    write_outputs(rows, list(grid), out_dir, baseline=baseline, recipe=str(recipe_path), plots=plots)
+    ok = any(not r.get("error") for r in rows)
+    write_outputs(rows, list(grid), out_dir, baseline=baseline, recipe=str(recipe_path), plots=plots and ok)
     return rows
 
 

@@ -86,7 +86,7 @@ def test_export_is_checked_opset17_and_matches_torch(tiny, tmp_path):
     assert any(n.name.startswith("/body/") for n in proto.graph.node)  # torch scope names, no wrapper
 
     meta = read_metadata(path)
-    assert meta["task"] == "detect" and meta["names"] == "a,b" and meta["imgsz"] == "32"
+    assert meta["task"] == "detect" and meta["names"] == "{0: 'a', 1: 'b'}" and meta["imgsz"] == "[32, 32]"
     assert meta["recipe_hash"] == "abc123" and meta["x"] == "5"
     assert meta["compress_version"] == __version__
     assert meta["simplified"] == "true" and meta["preprocess"].startswith("letterbox")
@@ -182,11 +182,11 @@ def test_staged_dir_success_error_and_force(tmp_path):
             (tmp / "b.txt").write_text("2")
             raise RuntimeError("crash")
     assert sorted(x.name for x in tmp_path.iterdir()) == ["run"]  # temp dir removed
-    assert sorted(x.name for x in final.iterdir()) == ["a.txt"]  # old output untouched
+    assert sorted(x.name for x in final.iterdir()) == [".compress-run", "a.txt"]  # old output untouched
 
     with staged_dir(final, force=True) as tmp:
         (tmp / "b.txt").write_text("2")
-    assert sorted(x.name for x in final.iterdir()) == ["b.txt"]
+    assert sorted(x.name for x in final.iterdir()) == [".compress-run", "b.txt"]  # + the output marker
     assert sorted(x.name for x in tmp_path.iterdir()) == ["run"]
 
 
@@ -205,3 +205,29 @@ def test_export_fake_quant_model_pauses_observers(tmp_path):
     assert ops.count("QuantizeLinear") == 2 and ops.count("DequantizeLinear") == 2
     assert torch.equal(model[2].scale, scale)  # the zeros example input was not observed
     assert model.training and int(model[0].observer_enabled) == 1  # switches restored
+
+
+def test_check_reads_names_metadata_in_both_formats(tmp_path):
+    """compress check refuses an ONNX whose (Ultralytics-format) names disagree with the reference's
+    class count; a file with the old comma-joined names is still accepted."""
+    from compress import api
+    from compress.data import builtin_dataset
+    from compress.data.yolo import write_yolo
+    from compress.export import set_metadata
+    from compress.models import load_model
+    from compress.recipe import ModelSpec
+
+    ds = builtin_dataset("digits-det", "val", 2)
+    data = write_yolo(ds.samples, tmp_path / "val", ds.class_names)
+    adapter, model = load_model(ModelSpec(builtin="digitdet"))
+    path = export_onnx(model, adapter, tmp_path / "m.onnx")
+    for names, ok in (("{0: 'a', 1: 'b', 2: 'c'}", False), (",".join(adapter.class_names), True)):
+        proto = onnx.load(str(path))
+        set_metadata(proto, {"names": names})
+        onnx.save(proto, str(path))
+        if ok:
+            result, _ = api.check(path, {"builtin": "digitdet"}, {"path": str(data)}, threads=1)
+            assert result.to_dict()["agreement_map50"] > 0.99  # the same model, exported
+        else:
+            with pytest.raises(CompressError, match="names 3 classes"):
+                api.check(path, {"builtin": "digitdet"}, {"path": str(data)}, threads=1)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from compress.errors import PassError, RecipeError
+from compress.errors import CompressError, PassError, RecipeError
 from compress.report import write_report
 from compress.report.plots import pareto_front
 from compress.sweep import expand, parse_grid, point_name, sweep
@@ -178,3 +178,61 @@ def test_pareto_front_hand_made():
     assert pareto_front(latency, quality) == [True, True, True, False, False, False]
     assert pareto_front([1.0, 1.0], [0.5, 0.5]) == [True, True]  # equal points do not dominate each other
     assert pareto_front([], []) == []
+
+
+def test_cache_key_follows_checkpoint_and_data_content(tmp_path):
+    """Same paths, changed contents: a changed checkpoint or data set recomputes; unchanged is cached."""
+    import os
+
+    ckpt, data = tmp_path / "m.pt", tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    (data / "images" / "a.jpg").write_bytes(b"x" * 10)
+    label = data / "labels" / "a.txt"
+    label.write_text("0 0.5 0.5 0.2 0.2\n")
+    ckpt.write_bytes(b"weights-1")
+    r = tmp_path / "r.yaml"
+    r.write_text(RECIPE.replace("model: {builtin: lenet5}", f"model: {{checkpoint: {ckpt}}}")
+                 .replace("validation: {builtin: digits, split: val}", f"validation: {{path: {data}}}"))
+    out, grid = tmp_path / "sweep", {"prune.ratio": [0.5]}
+
+    def calls():
+        runner = FakeRunner()
+        sweep(r, grid, out, runner=runner, quiet=True, plots=False)
+        return len(runner.calls)
+
+    assert calls() == 1 and calls() == 0
+    assert (out / "prune.ratio=0.5" / "sweep-key.txt").is_file()
+    st = ckpt.stat()
+    ckpt.write_bytes(b"weights-2")  # same size, same mtime: only the content differs
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert calls() == 1 and calls() == 0
+    st = label.stat()
+    label.write_text("1 0.5 0.5 0.2 0.2\n")  # a changed label, same size and mtime
+    os.utime(label, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert calls() == 1 and calls() == 0
+    (data / "images" / "b.jpg").write_bytes(b"y" * 10)  # one more image
+    assert calls() == 1 and calls() == 0
+
+
+def test_no_plots_when_every_point_failed(recipe_path, tmp_path):
+    out = tmp_path / "sweep"
+    rows = sweep(recipe_path, {"prune.ratio": [0.9]}, out, runner=FakeRunner(fail_at=0.9), quiet=True)
+    assert rows[0]["error"] and (out / "sweep.csv").is_file()
+    assert not list(out.glob("*.png"))
+
+
+def test_sweep_refuses_a_folder_it_did_not_write_and_marks_its_own(recipe_path, tmp_path):
+    from compress.atomic import is_compress_output
+
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"not ours")
+    with pytest.raises(CompressError, match="not a compress output"):
+        sweep(recipe_path, {"prune.ratio": [0.5]}, foreign, runner=FakeRunner(), quiet=True, plots=False)
+    assert [p.name for p in foreign.iterdir()] == ["holiday.jpg"]
+
+    out = tmp_path / "s"
+    sweep(recipe_path, {"prune.ratio": [0.5]}, out, runner=FakeRunner(), quiet=True, plots=False)
+    assert is_compress_output(out)
+    sweep(recipe_path, {"prune.ratio": [0.5]}, out, runner=FakeRunner(), quiet=True, plots=False)  # its own: fine

@@ -2,19 +2,26 @@
 
 Category ids are mapped to contiguous indices 0..K-1 in increasing id order, with names from
 ``categories``; when ``class_names`` (e.g. the model's) contains every category name, the
-categories map onto those indices by name instead. ``iscrowd`` and zero-area boxes are dropped.
+categories map onto those indices by name instead. ``iscrowd`` and zero-area boxes are dropped;
+boxes with NaN/inf or negative sizes are skipped and counted in ``Dataset.skipped``.
+
+Each image is looked up on its own in the usual folders beside the JSON (``images/``,
+``<split>/``, ...); a ``file_name`` that is absolute or climbs out with ``..`` is refused
+(skipped and counted), as is one found nowhere (an error when no image is found at all).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from compress.data.images import no_images_error, try_read
-from compress.data.yolo import SPLIT_ALIASES
+from compress.data.yolo import MAX_CLASSES, SPLIT_ALIASES
 from compress.errors import DataError
 from compress.types import Dataset, Sample
 
@@ -42,10 +49,28 @@ def _image_dirs(ann: Path, split: str) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
+def _refuse_name(name) -> str | None:
+    """Why an image's ``file_name`` is refused: missing, absolute, or climbing out with ``..``."""
+    if not isinstance(name, str) or not name.strip():
+        return "no file_name"
+    parts = PurePosixPath(name.replace("\\", "/"))
+    if parts.is_absolute() or re.match(r"^[A-Za-z]:", name) or ".." in parts.parts:
+        return "file_name leaves the data folder (absolute or '..'): refused"
+    return None
+
+
+def _find_image(dirs: list[Path], name: str) -> Path | None:
+    """The first candidate folder holding ``name`` (each image is looked up on its own)."""
+    for d in dirs:
+        if (d / name).is_file():
+            return d / name
+    return None
+
+
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError covers JSON and UTF-8 decoding errors
         raise DataError(f"{path}: cannot read COCO JSON ({type(e).__name__})") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError(f"{path}: not a COCO instances file (no 'images' list)")
@@ -60,8 +85,13 @@ def load_coco(path: str | Path, split: str = "val", class_names: list[str] | Non
         raise DataError(f"{path}: data folder not found")
     ann = path if path.is_file() else find_annotation(path, split)
     data = _read_json(ann)
-    cats = sorted(data.get("categories") or [], key=lambda c: c.get("id", 0))
+    cats = data.get("categories") or []
+    if not isinstance(cats, list) or not all(isinstance(c, dict) for c in cats):
+        raise DataError(f"{ann}: 'categories' must be a list of {{id, name}} objects")
+    if len(cats) > MAX_CLASSES:
+        raise DataError(f"{ann}: {len(cats)} categories; at most {MAX_CLASSES} are supported")
     try:
+        cats = sorted(cats, key=lambda c: int(c.get("id", 0)))
         cat_names = {int(c["id"]): str(c.get("name", c["id"])) for c in cats}
     except (KeyError, TypeError, ValueError):
         raise DataError(f"{ann}: every category needs an integer 'id'") from None
@@ -76,6 +106,7 @@ def load_coco(path: str | Path, split: str = "val", class_names: list[str] | Non
         cat_index = {cid: i for i, cid in enumerate(cat_names)}
 
     per_image: dict[int, list] = {}
+    skipped: list[tuple[str, str]] = []
     for k, a in enumerate(data.get("annotations") or []):
         try:
             x, y, w, h = (float(v) for v in a["bbox"])
@@ -84,28 +115,32 @@ def load_coco(path: str | Path, split: str = "val", class_names: list[str] | Non
             raise DataError(f"{ann}: annotations[{k}]: needs image_id, category_id and bbox [x, y, w, h]") from None
         if cid not in cat_index:
             raise DataError(f"{ann}: annotations[{k}]: category_id {cid} not in categories")
-        if a.get("iscrowd", 0) or w <= 0 or h <= 0:
+        if not all(math.isfinite(v) for v in (x, y, w, h)) or w < 0 or h < 0:
+            skipped.append((f"{ann}: annotations[{k}]", "box skipped: NaN, infinite or negative size"))
+            continue
+        if a.get("iscrowd", 0) or w == 0 or h == 0:
             continue
         per_image.setdefault(image_id, []).append((x, y, x + w, y + h, cat_index[cid]))
 
-    images = sorted(data["images"], key=lambda im: str(im.get("file_name", "")))
+    images = sorted(data["images"], key=lambda im: str(im.get("file_name", "")) if isinstance(im, dict) else "")
     if not images:
         raise no_images_error(ann, 0, [])
-    try:
-        first = images[0]["file_name"]
-    except (KeyError, TypeError):
-        raise DataError(f"{ann}: images[0]: no 'file_name'") from None
     dirs = [Path(image_dir)] if image_dir else _image_dirs(ann, split)
-    base = next((d for d in dirs if (d / first).is_file()), None)
-    if base is None:
-        raise DataError(f"{ann}: cannot find image '{first}' (looked in {', '.join(map(str, dirs[:4]))}, ...)")
-
-    out, skipped, tried = [], [], 0
+    out, tried, missing = [], 0, []
     for im in images:
         if samples is not None and len(out) >= samples:
             break
         tried += 1
-        file = base / str(im.get("file_name", ""))
+        name = im.get("file_name") if isinstance(im, dict) else None
+        refused = _refuse_name(name)
+        if refused:
+            skipped.append((str(name)[:200], refused))
+            continue
+        file = _find_image(dirs, name)
+        if file is None:
+            missing.append(name)
+            skipped.append((name, f"image not found (looked in {', '.join(map(str, dirs[:4]))}, ...)"))
+            continue
         image = try_read(file, skipped)
         if image is None:
             continue
@@ -115,5 +150,10 @@ def load_coco(path: str | Path, split: str = "val", class_names: list[str] | Non
         boxes = np.clip(arr[:, :4], 0, [wid, hgt, wid, hgt]).astype(np.float32)
         out.append(Sample(str(file), image, boxes=boxes, classes=arr[:, 4].astype(np.int64)))
     if not out:
-        raise no_images_error(base, tried, skipped)
+        if missing and len(missing) == tried:
+            raise DataError(f"{ann}: cannot find image '{missing[0]}' (looked in {', '.join(map(str, dirs[:4]))}, ...)")
+        raise no_images_error(ann, tried, [item for item in skipped if not item[0].startswith(str(ann))])
+    if skipped:
+        warnings.warn(f"{ann}: {len(skipped)} image(s)/box(es) skipped (first: {skipped[0][0]}: {skipped[0][1]})",
+                      stacklevel=2)
     return Dataset(out, names, str(ann), skipped)

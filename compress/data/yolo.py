@@ -18,11 +18,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from compress.atomic import MARKER, follow_umask, remove_stale, write_marker
 from compress.data.images import IMAGE_EXTENSIONS, is_image, list_images, no_images_error, try_read, write_image
 from compress.errors import DataError
 from compress.types import Dataset, Sample
@@ -34,6 +36,7 @@ SPLIT_ALIASES = {
     "calib": ("calib", "calibration", "train", "val", "valid"),
 }
 _COORD_TOLERANCE = 0.01  # normalised coordinates may overshoot [0, 1] this much (rounding)
+MAX_CLASSES = 100_000  # data.yaml nc / names (COCO has 80, LVIS 1203, Objects365 365)
 
 
 def label_path(image: Path) -> Path:
@@ -48,12 +51,16 @@ def label_path(image: Path) -> Path:
 
 
 def read_names(yaml_file: Path) -> list[str] | None:
-    """Class names from a data.yaml (``names`` as a list or an ``{id: name}`` mapping)."""
+    """Class names from a data.yaml (``names`` as a list or an ``{id: name}`` mapping; at most MAX_CLASSES)."""
     data = _read_yaml(yaml_file)
     names = data.get("names")
+    nc = data.get("nc")
+    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or not 0 < nc <= MAX_CLASSES):
+        raise DataError(f"{yaml_file}: 'nc' must be an integer 1..{MAX_CLASSES} (got {str(nc)[:40]!r})")
+    if isinstance(names, (list, dict)) and len(names) > MAX_CLASSES:
+        raise DataError(f"{yaml_file}: 'names' lists {len(names)} classes; at most {MAX_CLASSES} are supported")
     if names is None:
-        nc = data.get("nc")
-        return [str(i) for i in range(int(nc))] if isinstance(nc, int) else None
+        return [str(i) for i in range(nc)] if nc is not None else None
     if isinstance(names, dict):
         try:
             ids = sorted(int(k) for k in names)
@@ -68,10 +75,9 @@ def read_names(yaml_file: Path) -> list[str] | None:
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise DataError(f"{path}: cannot read data yaml ({type(e).__name__})") from None
+    from compress.yamlio import load_file  # no aliases / duplicate keys, UTF-8, bounded size and depth
+
+    data = load_file(path, DataError, what="data yaml")
     if not isinstance(data, dict):
         raise DataError(f"{path}: data yaml must be a mapping")
     return data
@@ -140,11 +146,17 @@ def find_images(root: Path, split: str = "val") -> tuple[list[Path], Path | None
     return list_images(root), _find_yaml(root)
 
 
-def parse_labels(path: Path, width: int, height: int,
-                 num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """One label file -> (boxes xyxy pixels float32, classes int64); DataError names file:line."""
+def parse_labels(path: Path, width: int, height: int, num_classes: int | None,
+                 skipped: list[tuple[str, str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One label file -> (boxes xyxy pixels float32, classes int64).
+
+    A line of the wrong shape (column count, text, pixel coordinates) is a DataError naming
+    file:line: the file is not YOLO format. A well-formed line with a bad value (NaN/inf,
+    width or height <= 0, a class id out of range) is skipped and appended to ``skipped``
+    as ``("file:line", reason)``; without a ``skipped`` list it is a DataError too.
+    """
     boxes, classes = [], []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
@@ -154,18 +166,18 @@ def parse_labels(path: Path, width: int, height: int,
         try:
             vals = [float(v) for v in parts]
         except ValueError:
-            raise DataError(f"{path}:{lineno}: not a number in '{line.strip()}'") from None
-        cls = vals[0]
-        if cls != int(cls) or cls < 0 or (num_classes is not None and cls >= num_classes):
-            rng = f"0..{num_classes - 1}" if num_classes else "a non-negative integer"
-            raise DataError(f"{path}:{lineno}: class id {parts[0]} out of range ({rng})")
-        coords = np.asarray(vals[1:])
+            raise DataError(f"{path}:{lineno}: not a number in '{line.strip()[:120]}'") from None
+        problem = _bad_value(vals, n, num_classes)
+        if problem is not None:
+            if skipped is None:
+                raise DataError(f"{path}:{lineno}: {problem}")
+            skipped.append((f"{path}:{lineno}", f"label line skipped: {problem}"))
+            continue
+        cls, coords = vals[0], np.asarray(vals[1:])
         if coords.min() < -_COORD_TOLERANCE or coords.max() > 1 + _COORD_TOLERANCE:
-            raise DataError(f"{path}:{lineno}: coordinates must be normalised to 0..1 (got '{line.strip()}')")
+            raise DataError(f"{path}:{lineno}: coordinates must be normalised to 0..1 (got '{line.strip()[:120]}')")
         if n == 5:
             cx, cy, w, h = coords
-            if w <= 0 or h <= 0:
-                raise DataError(f"{path}:{lineno}: box width and height must be > 0")
             box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
         else:  # segment polygon: class x1 y1 x2 y2 ... -> its bounding box
             xs, ys = coords[0::2], coords[1::2]
@@ -173,6 +185,19 @@ def parse_labels(path: Path, width: int, height: int,
         boxes.append(np.clip(box, 0, 1) * [width, height, width, height])
         classes.append(int(cls))
     return (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(classes, np.int64))
+
+
+def _bad_value(vals: list[float], n: int, num_classes: int | None) -> str | None:
+    """Why a well-formed label line cannot be used (None if it can)."""
+    if not all(np.isfinite(vals)):
+        return "NaN or infinite value"
+    cls = vals[0]
+    if cls != int(cls) or cls < 0 or (num_classes is not None and cls >= num_classes):
+        rng = f"0..{num_classes - 1}" if num_classes else "a non-negative integer"
+        return f"class id {cls:g} out of range ({rng})"
+    if n == 5 and (vals[3] <= 0 or vals[4] <= 0):
+        return "box width and height must be > 0"
+    return None
 
 
 def load_yolo(root: str | Path, split: str = "val", class_names: list[str] | None = None,
@@ -195,12 +220,16 @@ def load_yolo(root: str | Path, split: str = "val", class_names: list[str] | Non
         if labelled:
             lp = label_path(path)
             h, w = image.shape[:2]
-            sample.boxes, sample.classes = (parse_labels(lp, w, h, len(names) if names else None)
+            sample.boxes, sample.classes = (parse_labels(lp, w, h, len(names) if names else None, skipped)
                                             if lp.is_file() else (np.zeros((0, 4), np.float32),
                                                                   np.zeros(0, np.int64)))
         out.append(sample)
     if not out:
         raise no_images_error(root, tried, skipped)
+    bad = [item for item in skipped if item[1].startswith("label line skipped")]
+    if bad:
+        warnings.warn(f"{root}: {len(bad)} label line(s) skipped (first: {bad[0][0]}: {bad[0][1][20:]})",
+                      stacklevel=2)
     if names is None:
         top = max((int(s.classes.max()) for s in out if s.classes is not None and len(s.classes)), default=-1)
         names = [str(i) for i in range(top + 1)]
@@ -227,8 +256,10 @@ def write_yolo(samples, root: str | Path, class_names: list[str], *, ext: str = 
     samples = list(samples)
     stems = stems or [f"{i:06d}" for i in range(len(samples))]
     root.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(root.parent)  # temp folders of writers that were killed
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
+        write_marker(tmp, "staging")  # records this pid, so a killed writer's folder can be removed
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
         for stem, s in zip(stems, samples):
@@ -242,6 +273,8 @@ def write_yolo(samples, root: str | Path, class_names: list[str], *, ext: str = 
             (tmp / "labels" / f"{stem}.txt").write_text("".join(line + "\n" for line in lines))
         meta = {"train": "images", "val": "images", "nc": len(class_names), "names": list(class_names)}
         (tmp / "data.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+        (tmp / MARKER).unlink()
+        follow_umask(tmp)
         if root.exists():
             shutil.rmtree(root)
         os.replace(tmp, root)
