@@ -5,8 +5,12 @@ see the same preprocessed validation images. Detectors are compared by agreement
 (the original's confident detections as pseudo ground truth), classifiers by top-1
 agreement; with labels, true mAP / accuracy of both are reported too.
 
-Classifier adapters' ``decode`` returns one 1-D ``np.ndarray`` of class scores
-(logits or probabilities) per image.
+Classifier adapters' ``decode`` returns one 1-D ``np.ndarray`` of class *logits* per
+image (before any softmax; a model that ends in a softmax gives probabilities, which the
+metrics recognise and never soften twice). Classifiers are compared by top-1 / top-5
+agreement, KL(reference || compressed) and drift; when the reference itself is degenerate
+(top-1 tied on most images, or one class winning everywhere) the verdict is "not
+measurable" with the reason, never a pass.
 """
 
 from __future__ import annotations
@@ -32,9 +36,12 @@ _DETECT_CHECKS = [("min_agreement_map50", "agreement_map50", ">="),
                   ("min_agreement_map50_95", "agreement_map50_95", ">="),
                   ("min_matched_recall", "matched_recall", ">="),
                   ("max_score_drift", "score_drift", "<=")]
-_CLASSIFY_CHECKS = [("min_top1_agreement", "top1_agreement", ">=")]
+_CLASSIFY_CHECKS = [("min_top1_agreement", "top1_agreement", ">="),
+                    ("min_top5_agreement", "top5_agreement", ">="),
+                    ("max_kl", "kl_divergence", "<=")]
 _DETECT_KEYS = ["agreement_map50", "agreement_map50_95", "matched_recall", "matched_precision", "score_drift"]
-_CLASSIFY_KEYS = ["top1_agreement", "logit_drift", "prob_drift"]
+_CLASSIFY_KEYS = ["top1_agreement", "top5_agreement", "kl_divergence", "logit_drift", "prob_drift",
+                  "reference_margin"]
 
 
 class Predictions(NamedTuple):
@@ -157,7 +164,7 @@ def _fmt_pair(value: float, limit: float) -> tuple[str, str]:
 def _judge(metrics: dict, cfg: "FidelityConfig", checks) -> tuple[dict, list[str]]:
     thresholds, failures = {}, []
     for key, name, op in checks:
-        limit = getattr(cfg, key)
+        limit = getattr(cfg, key, None)
         if limit is None:
             continue
         thresholds[key] = limit
@@ -228,11 +235,20 @@ def _check_detect(adapter, ref: Predictions, cmp: Predictions, data: Dataset, cf
 def _check_classify(adapter, ref: Predictions, cmp: Predictions, data: Dataset, cfg) -> FidelityResult:
     from compress.metrics import classification as cm
 
+    margins = cm.top1_margins(ref.logits)
     metrics = {"top1_agreement": cm.top1_agreement(ref.logits, cmp.logits),
+               "top5_agreement": cm.topk_agreement(ref.logits, cmp.logits, 5),
+               "kl_divergence": cm.kl_divergence(ref.logits, cmp.logits),
                "logit_drift": cm.logit_drift(ref.logits, cmp.logits),
                "prob_drift": cm.prob_drift(ref.logits, cmp.logits),
+               "reference_margin": float(np.median(margins)) if len(margins) else None,
                "counts": {"images": len(data)}}
     thresholds, failures = _judge(metrics, cfg, _CLASSIFY_CHECKS)
+    reason = cm.degenerate_reason(ref.logits, adapter.class_names)
+    notes = []
+    if reason is not None:
+        failures = [f"not measurable: {reason}"]
+        notes.append(f"Fidelity could not be measured: {reason}.")
     if data.samples and all(s.label is not None for s in data.samples):
         labels = [s.label for s in data.samples]
         original = {"accuracy": cm.accuracy(ref.logits, labels), "reason": None}
@@ -241,9 +257,21 @@ def _check_classify(adapter, ref: Predictions, cmp: Predictions, data: Dataset, 
         original = {"accuracy": None, "reason": "the validation data has no labels"}
         compressed = dict(original)
     return FidelityResult(
-        task="classify", measurable=True, reason=None, passed=not failures, failures=failures,
-        thresholds=thresholds, images=len(data), metrics=metrics, original_metrics=original,
-        compressed_metrics=compressed, reference_logits=ref.logits, compressed_logits=cmp.logits)
+        task="classify", measurable=reason is None, reason=reason, passed=reason is None and not failures,
+        failures=failures, thresholds=thresholds, images=len(data), metrics=metrics, original_metrics=original,
+        compressed_metrics=compressed, notes=notes, reference_logits=ref.logits, compressed_logits=cmp.logits)
+
+
+def compare(adapter: "Adapter", ref: Predictions, cmp: Predictions, data: Dataset,
+            cfg: "FidelityConfig") -> FidelityResult:
+    """Judge two recorded predictions of the same images (``data.head(cfg.samples)``), e.g. two
+    stages of a run, with the same evaluator and thresholds as :func:`check`."""
+    data = data.head(cfg.samples)
+    judge = _check_classify if adapter.task == "classify" else _check_detect
+    result = judge(adapter, ref, cmp, data, cfg)
+    result.settings = {"conf": cfg.conf, "eval_conf": cfg.eval_conf, "iou": cfg.iou}
+    result.paths = [s.path for s in data.samples]
+    return result
 
 
 def check(adapter: "Adapter", reference: "nn.Module", onnx_path, data: Dataset, cfg: "FidelityConfig", *,

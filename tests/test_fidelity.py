@@ -59,15 +59,21 @@ class TinyDetAdapter(Adapter):
 
 
 class TinyCls(nn.Module):
-    def __init__(self, sign=1.0):
+    """Logits from the channel means: the top class follows the image's dominant colour (not degenerate)."""
+
+    def __init__(self, sign=1.0, constant=False, softmax=False):
         super().__init__()
-        torch.manual_seed(1)
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(8, 4))
-        self.sign = sign
+        self.body = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 4))
+        with torch.no_grad():
+            self.body[2].weight.copy_(torch.tensor([[20.0, 0, 0], [0, 20, 0], [0, 0, 20], [6, 6, 6]]))
+            self.body[2].bias.zero_()
+        self.sign, self.constant, self.softmax = sign, constant, softmax
 
     def forward(self, x):
-        return self.body(x) * self.sign
+        out = self.body(x) * self.sign
+        if self.constant:  # the same logits whatever the input (a collapsed model)
+            out = out * 0 + torch.tensor([0.5, 0.1, 0.2, 0.3])
+        return out.softmax(1) if self.softmax else out
 
 
 class TinyClsAdapter(Adapter):
@@ -194,3 +200,56 @@ def test_classifier_top1_agreement(tmp_path):
                 threads=1)
     assert not bad.passed and bad.failures[0].startswith("top1_agreement ")
     assert bad.compressed_metrics["accuracy"] < 1.0
+
+
+def _cls_data(ref, n=12, seed=3):
+    adapter = TinyClsAdapter(list("wxyz"), 16)
+    ims = images(n, 16, 16, seed=seed)
+    return adapter, Dataset([Sample(f"{i}.png", im) for i, im in enumerate(ims)], list("wxyz"))
+
+
+def test_classifier_degenerate_reference_is_not_measurable(tmp_path):
+    """A constant reference: the top class wins everywhere; a constant compressed model would 'agree'."""
+    ref = TinyCls(constant=True).eval()
+    adapter, data = _cls_data(ref)
+    res = check(adapter, ref, export(TinyCls(constant=True), tmp_path / "k.onnx", 16), data, FidelityConfig(),
+                threads=1)
+    d = res.to_dict()
+    assert d["top1_agreement"] == 1.0  # what the old check called a pass
+    assert not res.passed and not res.measurable and "predicts class 'w' on 100%" in res.reason
+    assert res.failures == [f"not measurable: {res.reason}"]
+
+
+def test_classifier_tied_reference_is_not_measurable(tmp_path):
+    """All classes tied (zero logits): argmax is class 0 on every image; the reason says 'tied'."""
+    ref = TinyCls(sign=0.0).eval()
+    adapter, data = _cls_data(ref)
+    res = check(adapter, ref, export(TinyCls(sign=0.0), tmp_path / "z.onnx", 16), data, FidelityConfig(),
+                threads=1)
+    assert not res.passed and not res.measurable and "tied" in res.reason
+
+
+def test_classifier_top5_kl_thresholds_and_softmax_outputs(tmp_path):
+    from compress.metrics.classification import kl_divergence, topk_agreement
+
+    ref = TinyCls().eval()
+    adapter, data = _cls_data(ref)
+    same = check(adapter, ref, export(TinyCls(), tmp_path / "s.onnx", 16), data,
+                 FidelityConfig(max_kl=1e-4), threads=1)
+    assert same.passed and same.metrics["kl_divergence"] < 1e-6 and same.metrics["top5_agreement"] is None  # 4 classes
+    flipped = check(adapter, ref, export(TinyCls(sign=-1.0), tmp_path / "f.onnx", 16), data,
+                    FidelityConfig(min_top1_agreement=None, max_kl=0.05), threads=1)
+    assert not flipped.passed and flipped.failures[0].startswith("kl_divergence ")
+    # a model ending in softmax gives probabilities: read as such, not softened a second time
+    probs_ref = TinyCls(softmax=True).eval()
+    res = check(adapter, probs_ref, export(TinyCls(sign=-1.0, softmax=True), tmp_path / "p.onnx", 16), data,
+                FidelityConfig(min_top1_agreement=None), threads=1)
+    logits_res = check(adapter, ref, export(TinyCls(sign=-1.0), tmp_path / "l.onnx", 16), data,
+                       FidelityConfig(min_top1_agreement=None), threads=1)
+    assert res.metrics["kl_divergence"] == pytest.approx(logits_res.metrics["kl_divergence"], rel=1e-3)
+    # top-5 of 10 classes: the reference's class inside the compressed model's top five
+    r = np.tile(np.arange(10.0), (4, 1))
+    c = r.copy()
+    c[0, 9] = -1.0  # ref's top (9) drops to last: outside the top 5
+    c[1, 9] = 5.5  # 9 drops to 4th place (8, 7, 6, 5.5): inside
+    assert topk_agreement(r, c, 5) == 0.75 and kl_divergence(r, r) == pytest.approx(0.0, abs=1e-12)

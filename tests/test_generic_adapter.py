@@ -49,8 +49,8 @@ def test_loads_plain_state_dict_and_classifies(classifier_ckpt):
     with torch.no_grad():
         out = adapter.forward(model, x)
         torch.testing.assert_close(out, ref(x))
-    probs = adapter.decode(out, metas, conf=0.0)
-    assert len(probs) == 3 and np.allclose([p.sum() for p in probs], 1.0, atol=1e-5)
+    logits = adapter.decode(out, metas, conf=0.0)  # logits, before any softmax
+    assert len(logits) == 3 and np.allclose(np.stack(logits), out.numpy(), atol=1e-6)
     assert adapter.metadata()["arch"].endswith(":tiny_classifier")
 
 
@@ -129,7 +129,8 @@ def test_checkpoint_round_trip_after_shrinking(classifier_ckpt, tmp_path):
         ref = adapter.forward(model, x)
     out = tmp_path / "own.pt"
     torch.save(adapter.checkpoint(model), out)
-    adapter2, model2 = load_model(ModelSpec(checkpoint=str(out)))  # everything read from the dict
+    # everything but the arch read from the dict (the arch is code: only the user names it, issue 8)
+    adapter2, model2 = load_model(ModelSpec(checkpoint=str(out), arch=adapter.arch))
     assert adapter2.task == "classify" and adapter2.class_names == NAMES10 and adapter2.imgsz == 32
     with torch.no_grad():
         torch.testing.assert_close(adapter2.forward(model2, x), ref)
@@ -172,3 +173,135 @@ def test_output_layers_looks_through_frozen_layers():
 
     net = Net()
     assert set(output_layers(net, torch.zeros(1, 3, 8, 8))) == {net.a, net.b, net.frozen}
+
+
+def test_output_layers_stop_at_a_shared_layer_called_twice():
+    """A head shared over an image pyramid: the backbone behind it is not an output layer."""
+    class Pyramid(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.body = torch.nn.Conv2d(8, 8, 3, padding=1)
+            self.head = torch.nn.Conv2d(8, 6, 1)
+
+        def forward(self, x):
+            outs = []
+            for scale in (1.0, 0.5):
+                y = torch.nn.functional.interpolate(x, scale_factor=scale) if scale != 1.0 else x
+                outs.append(self.head(torch.relu(self.body(torch.relu(self.stem(y))))).flatten(2))
+            return torch.cat(outs, 2)
+
+    net = Pyramid()
+    assert output_layers(net, torch.zeros(1, 3, 16, 16)) == [net.head]
+
+
+def test_torchvision_factory_gets_num_classes_through_kwargs(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    path = tmp_path / "r18.pt"
+    torch.save(model.state_dict(), path)
+    adapter, loaded = load_model(_spec(path, arch="torchvision.models:resnet18"))
+    assert loaded.fc.out_features == 10
+    with pytest.raises(ModelLoadError, match=r"'fc.weight' has shape \(10, 512\).*called with num_classes=5"):
+        load_model(_spec(path, arch="torchvision.models:resnet18", class_names=list("abcde")))
+
+
+def _det_ckpt(tmp_path, factory="tiny_detector"):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generic_arch_c", ARCH_FILE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    path = tmp_path / f"{factory}.pt"
+    torch.save(getattr(mod, factory)().state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("factory, layout, message", [
+    ("tiny_detector", "end2end", r"returns Tensor\(1, 7, 64\); detect models with output_layout 'end2end' must "
+                                 r"return \(B, N, 6\).*set model.output_layout: ultralytics"),
+    ("tuple_detector", None, r"returns tuple\(Tensor\(1, 64, 7\), Tensor\(1, 16, 8, 8\)\); .*must return "
+                             r"\(B, 4\+nc, N\) = \(B, 7, N\).*looks transposed"),
+    ("dict_detector", None, r"returns list\(dict\(boxes: .*set model.output_layout: torchvision"),
+])
+def test_output_contract_is_checked_on_load(tmp_path, factory, layout, message):
+    path = _det_ckpt(tmp_path, factory)
+    with pytest.raises(ModelLoadError, match=message):
+        load_model(_spec(path, arch=f"{ARCH_FILE}:{factory}", task="detect", class_names=["a", "b", "c"],
+                         imgsz=64, output_layout=layout))
+
+
+def test_classifier_contract(classifier_ckpt):
+    path, _ = classifier_ckpt
+    with pytest.raises(ModelLoadError, match=r"returns Tensor\(1, 10\); classify models must return logits "
+                                             r"\(B, nc\) = \(B, 3\)"):
+        load_model(_spec(path, arch=f"{ARCH_FILE}:tiny_classifier_any", class_names=list("abc")))
+
+
+def test_torchvision_dict_layout_exports_and_decodes_as_rows(tmp_path):
+    from compress.export import export_onnx
+    from compress.fidelity import predict_onnx, predict_torch
+
+    path = _det_ckpt(tmp_path, "dict_detector")
+    adapter, model = load_model(_spec(path, arch=f"{ARCH_FILE}:dict_detector", task="detect",
+                                      class_names=["a", "b", "c"], imgsz=64, output_layout="torchvision"))
+    x = adapter.example_input(2)
+    with torch.no_grad():
+        rows = adapter.forward(model, x)
+    assert rows.shape[0] == 2 and rows.shape[2] == 6
+    onnx_path = export_onnx(model, adapter, tmp_path / "d.onnx")
+    images = [np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8) for i in range(3)]
+    ref = predict_torch(adapter, model, images, 0.01, 0.7)
+    got = predict_onnx(adapter, onnx_path, images, 0.01, 0.7, threads=1)
+    assert sum(len(r) for r in ref.results) > 0
+    for r, g in zip(ref.results, got.results):
+        np.testing.assert_allclose(r.boxes, g.boxes, atol=1e-3)
+        np.testing.assert_array_equal(r.classes, g.classes)
+        assert r.boxes[:, [1, 3]].max() <= 48
+
+
+def test_user_decode_function(tmp_path):
+    path = _det_ckpt(tmp_path, "tiny_detector")
+    adapter, model = load_model(_spec(path, arch=f"{ARCH_FILE}:tiny_detector", task="detect",
+                                      class_names=["a", "b", "c"], imgsz=64, decode=f"{ARCH_FILE}:to_rows"))
+    x, metas = adapter.preprocess([np.full((64, 64, 3), 90, np.uint8)])
+    with torch.no_grad():
+        out = adapter.forward(model, x)
+    dets = adapter.decode(out, metas, conf=0.0)
+    assert len(dets[0]) == 64 and adapter.metadata()["output_layout"] == "custom"
+    with pytest.raises(ModelLoadError, match=r"model.decode .*:bad_rows: returned Tensor\(1, 64, 5\)"):
+        load_model(_spec(path, arch=f"{ARCH_FILE}:tiny_detector", task="detect", class_names=["a", "b", "c"],
+                         imgsz=64, decode=f"{ARCH_FILE}:bad_rows"))
+
+
+def test_recipe_validates_output_layout_up_front():
+    from compress.errors import RecipeError
+    from compress.recipe import validate
+
+    with pytest.raises(RecipeError, match=r"model: output_layout: unknown layout 'yolo' \(known: end2end, "
+                                          r"torchvision, ultralytics\)"):
+        validate({"name": "x", "model": {"checkpoint": "x.pt", "output_layout": "yolo"}})
+    with pytest.raises(RecipeError, match="give model.output_layout or model.decode, not both"):
+        validate({"name": "x", "model": {"checkpoint": "x.pt", "output_layout": "end2end", "decode": "m:f"}})
+
+
+def test_cli_names_the_output_contract_in_one_line(tmp_path, capsys):
+    import yaml
+
+    from compress.cli import main
+
+    path = _det_ckpt(tmp_path, "tuple_detector")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "bad-layout",
+        "model": {"checkpoint": str(path), "arch": f"{ARCH_FILE}:tuple_detector", "task": "detect",
+                  "class_names": ["a", "b", "c"], "imgsz": 64},
+        "data": {"validation": {"builtin": "digits-det", "split": "val", "samples": 2}}}))
+    assert main(["run", str(recipe), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "the model returns tuple(Tensor(1, 64, 7), Tensor(1, 16, 8, 8))" in err and "(B, 4+nc, N)" in err
+    assert not (tmp_path / "out").exists()

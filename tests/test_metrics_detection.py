@@ -104,3 +104,22 @@ def test_agreement_not_measurable():
     assert a["measurable"] is False
     assert a["agreement_map50"] is None and a["matched_recall"] is None
     assert a["reason"] == "the original model makes no detections with score >= 0.25 on the 2 validation images"
+
+
+@pytest.mark.parametrize("per_image", [150, 350])
+def test_agreement_identical_dense_detector_is_exactly_one(per_image):
+    """COCO's default maxDets=100 (per image and class) scored a bit-identical dense detector below 1."""
+    rng = np.random.default_rng(1)
+    dets = []
+    for _ in range(2):
+        xy = np.stack(np.meshgrid(np.arange(15) * 40.0, np.arange(24) * 40.0), -1).reshape(-1, 2)[:per_image]
+        classes = np.where(np.arange(per_image) < 140, 0, rng.integers(1, 3, per_image))  # 140 of class 0
+        dets.append(D(np.c_[xy, xy + 30], rng.uniform(0.3, 1, per_image), classes))
+    a = agreement(dets, dets, num_classes=3)
+    assert a["counts"]["reference_detections"] == 2 * per_image
+    assert a["agreement_map50"] == 1.0 and a["agreement_map50_95"] == 1.0
+    # and the cut-off really bit before: at maxDets 100 the same data scores < 1
+    from compress.metrics import detection
+
+    gt, dt = detection._coco_dicts(dets, dets, 3)
+    assert detection._evaluate(gt, dt, max_dets=100)[0] < 0.95

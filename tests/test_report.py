@@ -146,3 +146,14 @@ def test_overlay_top1_label():
     assert _top1(0, ["a", "b"]) == "a"
     with pytest.raises(ValueError):
         _top1("not a number", ["a"])
+
+
+def test_classifier_rows_show_top5_and_kl_with_their_thresholds():
+    from compress.report.fmt import fidelity_rows
+
+    fid = {"top1_agreement": 0.9, "top5_agreement": 0.99, "kl_divergence": 0.02, "reference_margin": 1.5,
+           "thresholds": {"min_top5_agreement": 0.95, "max_kl": 0.1}}
+    rows = {label: (value, bound) for label, value, bound in fidelity_rows(fid)}
+    assert rows["top-5 agreement"][1].startswith(">=") and "0.95" in rows["top-5 agreement"][1]
+    assert rows["KL(original || compressed)"][1].startswith("<=")
+    assert "original's median top-1 margin" in rows

@@ -1,8 +1,9 @@
 """Shared pieces of YOLO-style detectors: letterbox preprocessing and decode + NMS.
 
-Every detector adapter exports the same output layout as Ultralytics:
-``(B, 4 + nc, N)`` with boxes as ``cx, cy, w, h`` in input pixels and per-class
-scores already passed through a sigmoid.
+The built-in and Ultralytics adapters export the Ultralytics layout ``(B, 4 + nc, N)``
+with boxes as ``cx, cy, w, h`` in input pixels and per-class scores already passed
+through a sigmoid; the generic adapter may use another layout
+(:mod:`compress.models.layouts`), decoded with the same letterbox mapping.
 """
 
 from __future__ import annotations

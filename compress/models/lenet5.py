@@ -109,11 +109,10 @@ class LeNet5Adapter(Adapter):
 
     def decode(self, output, metas: list[Any], conf: float = 0.0, iou: float = 0.7,
                max_det: int = 300) -> list[np.ndarray]:
-        """Logits -> one 1-D class-probability array (softmax) per image."""
+        """Logits -> one 1-D logit array per image (the fidelity metrics apply softmax once)."""
         out = output[0] if isinstance(output, (tuple, list)) else output
         logits = torch.as_tensor(np.asarray(out) if not isinstance(out, torch.Tensor) else out)
-        probs = torch.softmax(logits.detach().float().cpu(), dim=1).numpy()
-        return [p.astype(np.float32) for p in probs]
+        return [row.astype(np.float32) for row in logits.detach().float().cpu().numpy()]
 
     def protected_layers(self, model: nn.Module) -> list[nn.Module]:
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]

@@ -54,3 +54,49 @@ not_a_model = 42
 
 def returns_dict():
     return {}
+
+
+def tiny_classifier_any(num_classes: int = 10) -> nn.Module:
+    """Ignores num_classes (a fixed 10-class head): for the output-contract test."""
+    return TinyClassifier(10)
+
+
+class TupleDetector(TinyDetector):
+    """Returns (the transposed layout, a feature map): a contract the adapter must refuse."""
+
+    def forward(self, x):
+        return super().forward(x).transpose(1, 2), self.body(x)
+
+
+def tuple_detector() -> nn.Module:
+    return TupleDetector(3)
+
+
+class DictDetector(TinyDetector):
+    """torchvision-style output: one {boxes, scores, labels} dict per image, top 10 cells."""
+
+    def forward(self, x):
+        out = super().forward(x)  # (B, 4 + nc, N)
+        res = []
+        for o in out:
+            xy, wh, cls = o[:2].T, o[2:4].T, o[4:].T
+            scores, labels = cls.max(1)
+            top = scores.topk(10).indices
+            boxes = torch.cat([xy - wh / 2, xy + wh / 2], 1)[top]
+            res.append({"boxes": boxes, "scores": scores[top], "labels": labels[top]})
+        return res
+
+
+def dict_detector() -> nn.Module:
+    return DictDetector(3)
+
+
+def to_rows(out):
+    """A user decode function: (B, 4 + nc, N) -> (B, N, 6) x1 y1 x2 y2 score class."""
+    xy, wh = out[:, :2].transpose(1, 2), out[:, 2:4].transpose(1, 2)
+    scores, labels = out[:, 4:].max(1)
+    return torch.cat([xy - wh / 2, xy + wh / 2, scores[..., None], labels[..., None].float()], 2)
+
+
+def bad_rows(out):
+    return to_rows(out)[..., :5]
