@@ -35,13 +35,16 @@ class StructuredPrune(Pass):
         scope: Literal["local", "global"] = "local"
         layer_ratios: dict[str, Ratio] = {}  # name | re:pattern | type -> ratio, overriding ``ratio``
         max_layer_ratio: float = Field(default=1.0, gt=0, le=1)  # no layer loses more than this
-        round_to: int | None = Field(default=8, ge=1)  # kept widths are multiples (and at least this)
+        round_to: int | None = Field(default=8, ge=1, le=1024)  # kept widths are multiples (and at least this)
+        # how a width is rounded to round_to: "nearest" multiple, or "down" (remove the next lower
+        # multiple: a layer never loses more than its ratio; 0.3 of 16 channels removes none)
+        rounding: Literal["nearest", "down"] = "nearest"
         ignore: list[str] = []  # names, re: patterns or module type names never pruned
-        steps: int = Field(default=1, ge=1)  # rounds of prune (+ finetune) to reach ``ratio``
+        steps: int = Field(default=1, ge=1, le=100)  # rounds of prune (+ finetune) to reach ``ratio``
         finetune: FinetuneConfig | None = None  # run after every round
-        calib_samples: int = Field(default=64, ge=1)  # images for fmap_cluster statistics
+        calib_samples: int = Field(default=64, ge=1, le=100_000)  # images for fmap_cluster statistics
         conf: float = Field(default=0.25, gt=0, lt=1)  # fmap_cluster without labels: detection threshold
-        n_init: int = Field(default=5, ge=1)  # fmap_cluster: KMeans restarts (best inertia kept)
+        n_init: int = Field(default=5, ge=1, le=100)  # fmap_cluster: KMeans restarts (best inertia kept)
 
     def __init__(self, config):
         super().__init__(config)
@@ -105,7 +108,8 @@ class StructuredPrune(Pass):
         imp = make_importance(criterion, plan=lambda m: holder["plan"](m), seed=ctx.seed, n_init=cfg.n_init)
         pruner = build_pruner(model, ctx.adapter.example_input(1), imp, ratio=cfg.ratio,
                               global_scope=cfg.scope == "global", steps=steps, layer_ratios=ratios,
-                              max_layer_ratio=cfg.max_layer_ratio, round_to=cfg.round_to, ignored=ignored)
+                              max_layer_ratio=cfg.max_layer_ratio, round_to=cfg.round_to, ignored=ignored,
+                              rounding=cfg.rounding)
         holder["plan"] = lambda m: (pruner.layer_init_out_ch.get(m, 0), pruner.get_target_pruning_ratio(m))
         return pruner
 
@@ -118,6 +122,41 @@ class StructuredPrune(Pass):
                                           root_module_types=pruner.root_module_types)]
         layers = feature_map_candidates(model, pruner.DG, roots)
         pruner.importance.stats = collect_stats(model, layers, images, source, ctx.adapter)
+
+    def _plan(self, model, ctx, pruner) -> dict:
+        """What the pruner was asked to do per layer, read before it prunes (for the coverage)."""
+        from compress.pruning.coverage import PRUNABLE, prunable_layers
+
+        cfg = self.config
+        ignored, ratios = self._resolve(model, ctx)
+        protected = set(ctx.adapter.protected_layers(model))
+        requested = {}
+        for name, m in model.named_modules():
+            if isinstance(m, PRUNABLE):
+                r = ratios.get(m, None if cfg.scope == "global" else cfg.ratio)
+                requested[name] = None if r is None else round(min(float(r), cfg.max_layer_ratio), 4)
+        return {"in_group": prunable_layers(pruner), "protected": protected,
+                "ignored": {m for m in ignored if m not in protected}, "requested": requested}
+
+    def _coverage(self, model, ctx, before: dict, plan: dict) -> dict:
+        from compress.pruning.coverage import coverage
+
+        cfg = self.config
+        cov = coverage(model, before, requested=plan["requested"], protected=plan["protected"],
+                       ignored=plan["ignored"], in_group=plan["in_group"], round_to=cfg.round_to)
+        if cov["overshoot"]:
+            ex = cov["overshoot"][0]
+            ctx.notes.append(
+                f"{self.label}: round_to {cfg.round_to} removed more than asked from {len(cov['overshoot'])} "
+                f"layer(s) (e.g. {ex['layer']}: asked {ex['requested']:g}, removed {ex['effective']:g}); "
+                "rounding: down never exceeds the ratio, a smaller round_to comes closer.")
+        if cov["whole"]:
+            reasons: dict[str, int] = {}
+            for row in cov["whole"]:
+                reasons[row["kind"]] = reasons.get(row["kind"], 0) + 1
+            ctx.notes.append(f"{self.label}: {len(cov['whole'])} prunable-looking layer(s) left whole: "
+                             + ", ".join(f"{n} {k}" for k, n in reasons.items()) + " (see the coverage table).")
+        return cov
 
     def apply(self, model, ctx):
         import torch
@@ -135,6 +174,7 @@ class StructuredPrune(Pass):
             self._boxes = self._fmap_data(ctx)
         torch.manual_seed(ctx.seed)
         pruner = self._pruner(model, ctx, cfg.criterion, steps=cfg.steps)
+        plan = self._plan(model, ctx, pruner)
         rounds, prune_s = [], 0.0
         for step in range(cfg.steps):
             ts = time.perf_counter()
@@ -160,6 +200,7 @@ class StructuredPrune(Pass):
             "macs_ratio": round(macs1 / macs0, 4) if macs0 else None,
             "channels": channel_changes(ch0, ch1),
             "unchanged_layers": sum(1 for k in ch0 if ch1.get(k) == ch0[k]),
+            "coverage": self._coverage(model, ctx, ch0, plan),
             "prune_seconds": round(prune_s, 2), "seconds": round(time.perf_counter() - t0, 2),
         })
         if cfg.steps > 1 or cfg.finetune is not None:

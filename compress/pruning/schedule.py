@@ -14,22 +14,27 @@ def linear(ratio: float, steps: int) -> list[float]:
     return [ratio * i / steps for i in range(steps + 1)]
 
 
-def rounded_keep(current: int, keep: int, round_to: int | None) -> int:
+def rounded_keep(current: int, keep: int, round_to: int | None, mode: str = "nearest") -> int:
     """Channels kept after rounding ``keep`` to a multiple of ``round_to``.
 
-    Rounds to the nearest multiple (halves up), never below ``round_to`` and never
-    above ``current``, so ``round_to`` is also the minimum width of a pruned layer.
-    A layer narrower than ``round_to`` is left as it is (it cannot be a multiple).
+    ``mode="nearest"`` rounds to the nearest multiple (halves up), never below ``round_to``
+    and never above ``current``, so ``round_to`` is also the minimum width of a pruned layer
+    (ratio 0.3 of 16 channels keeps 8: 0.5 removed). ``mode="down"`` rounds the *removed*
+    count down (keeps the next multiple up), so a layer never loses more than asked (ratio
+    0.3 of 16 keeps all 16). A layer narrower than ``round_to`` is left as it is.
     Without ``round_to`` the plain count is returned (it may be 0: the caller refuses that).
     """
     if not round_to or round_to <= 1:
         return max(0, min(keep, current)) if round_to is None else max(1, min(keep, current))
     if current < round_to:
         return current
+    if mode == "down":
+        k = math.ceil(keep / round_to) * round_to
+        return current if k >= current else max(round_to, k)
     k = int(math.floor(keep / round_to + 0.5)) * round_to
     return max(round_to, min(k, current - current % round_to))
 
 
-def planned_keep(initial: int, current: int, ratio: float, round_to: int | None) -> int:
+def planned_keep(initial: int, current: int, ratio: float, round_to: int | None, mode: str = "nearest") -> int:
     """Channels a layer keeps at cumulative ``ratio`` (as torch-pruning counts, then rounded)."""
-    return rounded_keep(current, int(initial * (1 - ratio)), round_to)
+    return rounded_keep(current, int(initial * (1 - ratio)), round_to, mode)

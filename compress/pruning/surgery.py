@@ -2,8 +2,12 @@
 
 torch-pruning does the surgery; this module adds three things around its pruner:
 
-* ``round_to`` rounds a layer's kept width to the *nearest* multiple and never below
-  ``round_to`` (torch-pruning rounds down, which can leave a narrow layer with 0 channels);
+* ``round_to`` rounds a layer's kept width to the *nearest* multiple (or, with
+  ``rounding="down"``, removes the next lower multiple so no layer loses more than asked)
+  and never below ``round_to`` (torch-pruning rounds down, which can leave a narrow layer
+  with 0 channels); grouped convolutions are pruned per group (torch-pruning removes the
+  same channels in every group) with no ``round_to``, which would otherwise round their
+  per-group count away;
 * a group that would lose every channel of a layer raises :class:`PassError` naming the
   layer, where torch-pruning would silently skip it;
 * ``max_layer_ratio`` also holds within one global round (torch-pruning checks it only
@@ -25,22 +29,34 @@ from compress.pruning.schedule import linear, rounded_keep
 
 
 class Pruner(tp.pruner.BasePruner):
-    """torch-pruning's BasePruner with nearest-multiple rounding (see :func:`rounded_keep`)."""
+    """torch-pruning's BasePruner with this project's rounding (see :func:`rounded_keep`)."""
+
+    rounding = "nearest"
+    _ch_groups = 1  # channel groups of the group being pruned (set just before its rounding)
+
+    def _is_atten_group(self, group):
+        # torch-pruning 1.6 calls this for each group right before it rounds that group's count
+        self._ch_groups = self._get_channel_groups(group)
+        return super()._is_atten_group(group)
 
     def _round_to(self, n_pruned, current_channels, round_to):
-        keep = rounded_keep(current_channels, current_channels - n_pruned, round_to)
+        if self._ch_groups > 1:  # n_pruned counts channels per group: widths stay multiples of the groups
+            return n_pruned
+        keep = rounded_keep(current_channels, current_channels - n_pruned, round_to, self.rounding)
         return max(0, current_channels - keep)
 
 
 def build_pruner(model: nn.Module, example: torch.Tensor, importance, *, ratio: float, global_scope: bool,
                  steps: int, layer_ratios: dict[nn.Module, float], max_layer_ratio: float,
-                 round_to: int | None, ignored: list[nn.Module]) -> Pruner:
+                 round_to: int | None, ignored: list[nn.Module], rounding: str = "nearest") -> Pruner:
     """Trace ``model`` (eval mode, no weights change) and return a ready pruner."""
     model.eval()
-    return Pruner(model, example, importance=importance, global_pruning=global_scope, pruning_ratio=ratio,
-                  pruning_ratio_dict=layer_ratios or None, max_pruning_ratio=max_layer_ratio,
-                  iterative_steps=steps, iterative_pruning_ratio_scheduler=linear,
-                  ignored_layers=ignored, round_to=round_to)
+    pruner = Pruner(model, example, importance=importance, global_pruning=global_scope, pruning_ratio=ratio,
+                    pruning_ratio_dict=layer_ratios or None, max_pruning_ratio=max_layer_ratio,
+                    iterative_steps=steps, iterative_pruning_ratio_scheduler=linear,
+                    ignored_layers=ignored, round_to=round_to)
+    pruner.rounding = rounding
+    return pruner
 
 
 def _name(pruner: Pruner, module) -> str:

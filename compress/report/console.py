@@ -58,6 +58,8 @@ def print_summary(report: dict, console=None) -> None:
         con.print(f"[bold {'green' if v == 'PASS' else 'red'}]{v}[/]", highlight=False)
     for f in fid.get("failures") or []:
         con.print(f"  [red]x[/] {f}", highlight=False)
+    if fid.get("lost_at"):
+        con.print(f"  agreement {fid['lost_at']}", highlight=False, markup=False)
     for n in report.get("notes") or []:
         con.print(f"  - {n}", highlight=False, markup=False)
     if report.get("out_dir"):

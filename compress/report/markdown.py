@@ -12,7 +12,7 @@ from typing import Any
 from compress.report.fmt import FIDELITY, FIDELITY_KEYS, fidelity_rows, fmt, fmt_big, is_number, metric_rows, verdict
 
 _KNOWN = {"recipe", "model", "data", "stages", "passes", "original", "compressed", "ratios", "fidelity",
-          "notes", "files", "environment", "out_dir"}
+          "notes", "files", "environment", "out_dir", "stage_fidelity"}
 _MAX_ROWS = 200  # long per-layer tables are cut, with a line saying how many rows were left out
 
 
@@ -79,7 +79,9 @@ def _fidelity(report: dict) -> list[str]:
     failures = fid.get("failures") or []
     if failures:
         lines += ["Failed:", "", *[f"- {f}" for f in failures], ""]
-    rest = {k: x for k, x in fid.items() if k not in FIDELITY_KEYS and k not in ("ref_dets", "cmp_dets")}
+    if fid.get("lost_at"):
+        lines += [f"Agreement {fid['lost_at']} (see the per-stage table).", ""]
+    rest = {k: x for k, x in fid.items() if k not in FIDELITY_KEYS and k not in ("ref_dets", "cmp_dets", "lost_at")}
     shown = {t for key, _, t in FIDELITY if key in fid}
     thresholds = {k: x for k, x in (fid.get("thresholds") or {}).items() if x is not None and k not in shown}
     if thresholds:
@@ -87,6 +89,27 @@ def _fidelity(report: dict) -> list[str]:
     if rest:
         lines += generic(rest, 2)
     return lines
+
+
+def _stage_fidelity(report: dict) -> list[str]:
+    rows = [r for r in report.get("stage_fidelity") or [] if isinstance(r, dict)]
+    if not rows:
+        return []
+    keys = list(dict.fromkeys(k for r in rows for k in (r.get("vs_original") or {})
+                              if k not in ("measurable", "reason")))
+    if not keys:
+        return []
+    main = keys[0]
+    header = ["stage", "runtime", *[f"{k} vs original" for k in keys], f"{main} vs previous stage"]
+    body = []
+    for r in rows:
+        orig, prev = r.get("vs_original") or {}, r.get("vs_previous") or {}
+        body.append([r.get("stage"), r.get("runtime"), *[orig.get(k) for k in keys],
+                     f"{fmt(prev.get(main))} (vs {r.get('previous')})"])
+    return ["## Fidelity per stage", "",
+            "Each stage's outputs on the validation images compared with the original's and with the "
+            "stage before (torch stages run in torch, the export and ONNX passes in ONNX Runtime).", "",
+            *table(header, body)]
 
 
 def _stages(report: dict) -> list[str]:
@@ -112,7 +135,7 @@ def _data(report: dict) -> list[str]:
             continue
         sk = d.get("skipped") or []
         rows.append([role, d.get("images"), d.get("labelled"), len(sk) if isinstance(sk, list) else sk,
-                     d.get("root") or d.get("source") or d.get("path")])
+                     d.get("root") or d.get("source") or d.get("path"), d.get("split")])
         for item in sk if isinstance(sk, list) else []:
             if isinstance(item, dict):
                 path, why = item.get("path"), item.get("reason")
@@ -121,7 +144,7 @@ def _data(report: dict) -> list[str]:
             skipped.append(f"- `{path}`: {why}")
     if not rows:
         return []
-    lines = ["## Data", "", *table(["set", "images", "labelled", "skipped", "source"], rows)]
+    lines = ["## Data", "", *table(["set", "images", "labelled", "skipped", "source", "split"], rows)]
     if skipped:
         lines += ["Skipped files:", "", *skipped[:50]]
         if len(skipped) > 50:
@@ -176,7 +199,7 @@ def render(report: dict) -> str:
     if facts:
         text = "; ".join(facts)
         lines += [text[0].upper() + text[1:] + ".", ""]
-    lines += _overview(report) + _fidelity(report) + _stages(report) + _passes(report)
+    lines += _overview(report) + _fidelity(report) + _stage_fidelity(report) + _stages(report) + _passes(report)
     notes = [n for n in report.get("notes") or [] if n]
     if notes:
         lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
