@@ -50,11 +50,16 @@ def load_data(source: DataSource | None):
     return load_dataset(source)
 
 
-def _data_summary(ds) -> dict | None:
+def _data_summary(ds, source: DataSource | None = None, split_note: str | None = None) -> dict | None:
     if ds is None:
         return None
-    return {"root": str(ds.root), "images": len(ds), "labelled": ds.has_labels,
-            "skipped": [{"path": p, "reason": r} for p, r in ds.skipped]}
+    out = {"root": str(ds.root), "images": len(ds), "labelled": ds.has_labels,
+           "skipped": [{"path": p, "reason": r} for p, r in ds.skipped]}
+    if source is not None:
+        out["split"] = source.split if source.path is not None else f"builtin {source.split}"
+        if split_note and not split_note.startswith("calibration: left out"):
+            out["split"] = "half of one image set (deterministic split)"
+    return out
 
 
 def _size(model, adapter) -> tuple[int, int | None]:
@@ -94,16 +99,29 @@ def run(recipe: Recipe, out_dir: str | Path, *, force: bool = False, trust_check
     out_dir = Path(out_dir)
     ensure_writable(out_dir, force)
     passes = _passes(recipe, source)
+    if recipe.deploy is not None:  # a missing runtime is found now, not after the passes ran
+        from compress.deploy import preflight
+
+        preflight(recipe.deploy)
     torch.manual_seed(recipe.seed)
 
     calibration = load_data(recipe.data.calibration)
     validation = load_data(recipe.data.validation)
     if validation is None:
         raise RecipeError(f"{source}: data.validation: the fidelity check needs validation images")
-    adapter, model = load_model(recipe.model, trust_checkpoint=trust_checkpoint)
-    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    from compress.wiring import finetune_data, separate
 
-    with staged_dir(out_dir, force) as tmp, progress(quiet) as bar:
+    calibration, split_note = separate(calibration, validation)  # never calibrate on the scored images
+    if split_note and recipe.data.calibration is not None:
+        calibration = calibration.head(recipe.data.calibration.samples)
+    adapter, model = load_model(recipe.model, trust_checkpoint=trust_checkpoint)
+    if recipe.export.end2end is not None:  # every stage (and the check) reads the branch that is exported
+        select_output(adapter, model, recipe.export.end2end, f"{source}: export.end2end")
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    from compress.runtime.threads import resolve_threads, torch_threads
+
+    threads = resolve_threads(threads, recipe.benchmark.threads)  # torch and ONNX Runtime alike
+    with staged_dir(out_dir, force) as tmp, progress(quiet) as bar, torch_threads(threads):
         work = tmp / "work"
         work.mkdir()
         ctx = Context(adapter=adapter, reference=reference, calibration=calibration, validation=validation,
@@ -112,24 +130,41 @@ def run(recipe: Recipe, out_dir: str | Path, *, force: bool = False, trust_check
             if p.needs_calibration:
                 ctx.require_calibration(p.type)
             p.check(model, ctx)
+        if split_note:
+            ctx.notes.append(f"Data: {split_note}.")
 
+        from compress.stages import StageRecorder
+
+        recorder = StageRecorder(adapter, validation, recipe.fidelity, threads=threads or recipe.benchmark.threads)
+        recorder.torch("original", reference)  # every stage's predictions, for the per-stage fidelity table
         stages = [Stage("original", 0.0, *_size(reference, adapter))]
         for p in (p for p in passes if p.stage == "torch"):
             t0 = time.perf_counter()
             model = p.apply(model, ctx)
             ctx.model = model
             stages.append(Stage(p.label, time.perf_counter() - t0, *_size(model, adapter)))
+            recorder.torch(p.label, model)
 
         onnx_path, ref_onnx = _export_all(recipe, adapter, reference, model, tmp, stages)
+        onnx_stages = [("export", onnx_path)]
         for p in (p for p in passes if p.stage == "onnx"):
             t0 = time.perf_counter()
             onnx_path = p.apply_onnx(onnx_path, ctx)
             stages.append(Stage(p.label, time.perf_counter() - t0, stages[-1].params, stages[-1].macs))
+            onnx_stages.append((p.label, onnx_path))
         final = _finalize_onnx(onnx_path, tmp / "model.onnx", adapter, recipe)
+        onnx_stages[-1] = (onnx_stages[-1][0], final)  # the last stage is the delivered file itself
+        for name, path in onnx_stages:
+            recorder.onnx(name, path)
 
-        report = _measure_and_check(recipe, ctx, reference, model, ref_onnx, final, stages, threads)
-        report["data"] = {"calibration": _data_summary(calibration), "validation": _data_summary(validation)}
+        report = _measure_and_check(recipe, ctx, reference, model, ref_onnx, final, stages, threads, recorder)
+        report["data"] = {"calibration": _data_summary(calibration, recipe.data.calibration, split_note),
+                          "validation": _data_summary(validation, recipe.data.validation, split_note),
+                          **finetune_data(recipe, passes, ctx.report)}
         report["recipe"] = {"name": recipe.name, "digest": recipe.digest(), "source": source}
+        from compress.deploy import after_check  # keeps model_fp32.onnx; builds recipe.deploy targets
+
+        after_check(recipe, ctx, tmp, report, threads)
         _save_torch_model(adapter, model, tmp / "model.pt", ctx)
         (tmp / "recipe.yaml").write_text(dump(recipe))
         import shutil
@@ -137,12 +172,28 @@ def run(recipe: Recipe, out_dir: str | Path, *, force: bool = False, trust_check
         shutil.rmtree(work, ignore_errors=True)
         report["files"] = {"onnx": "model.onnx", "original_onnx": "original.onnx", "recipe": "recipe.yaml",
                            **({"torch": "model.pt"} if (tmp / "model.pt").exists() else {}),
+                           **({"ultralytics": "model.ultralytics.pt"}
+                              if (tmp / "model.ultralytics.pt").exists() else {}),
                            **report.get("files", {})}
         from compress.report import write_report
 
         write_report(tmp, report)
     report["out_dir"] = str(out_dir)
     return report
+
+
+def select_output(adapter, model, end2end: bool, who: str) -> None:
+    """Choose an end-to-end head's exported output (one-to-one ``(B, max_det, 6)`` or raw); one-line error
+    when the adapter has no such choice."""
+    from compress.errors import CompressError
+
+    choose = getattr(adapter, "set_end2end", None)
+    if choose is None:
+        raise RecipeError(f"{who}: the {adapter.name} adapter has no end-to-end output")
+    try:
+        choose(model, bool(end2end))
+    except CompressError as e:
+        raise RecipeError(f"{who}: {str(e).split(': ', 1)[-1]}") from None
 
 
 def _export_all(recipe, adapter, reference, model, tmp: Path, stages: list[Stage]):
@@ -169,6 +220,9 @@ def _finalize_onnx(src: Path, dst: Path, adapter, recipe: Recipe) -> Path:
     props = {p.key: p.value for p in m.metadata_props}
     props.update(adapter.metadata())
     props.update({"recipe": recipe.name, "recipe_hash": recipe.digest(), "compress_version": __version__})
+    from compress.export import restamp_args
+
+    props["args"] = restamp_args(m, props.get("args"))  # Ultralytics' export args: quantize 8 for an int8 graph
     del m.metadata_props[:]
     for k, v in props.items():
         m.metadata_props.add(key=k, value=str(v))
@@ -177,17 +231,18 @@ def _finalize_onnx(src: Path, dst: Path, adapter, recipe: Recipe) -> Path:
     return dst
 
 
-def _measure_and_check(recipe, ctx, reference, model, ref_onnx, final, stages, threads) -> dict:
-    from compress.fidelity import check
+def _measure_and_check(recipe, ctx, reference, model, ref_onnx, final, stages, threads, recorder) -> dict:
     from compress.metrics.size import file_bytes
+    from compress.stages import judge
     from compress.runtime.latency import compare_latency
 
     adapter = ctx.adapter
     bench = recipe.benchmark
     n_threads = threads or bench.threads
     t0 = time.perf_counter()
-    result = check(adapter, reference, final, ctx.validation, recipe.fidelity, threads=n_threads)
-    stages.append(Stage("fidelity", time.perf_counter() - t0, stages[-1].params, stages[-1].macs))
+    result, per_stage, lost_at, blamed = judge(recorder, ctx)  # the final check is its last row
+    stages.append(Stage("fidelity", time.perf_counter() - t0 + sum(r.seconds for r in recorder.records),
+                        stages[-1].params, stages[-1].macs))
     ctx.notes.extend(n for n in result.notes if n not in ctx.notes)
 
     x = adapter.example_input(1).numpy()
@@ -207,6 +262,8 @@ def _measure_and_check(recipe, ctx, reference, model, ref_onnx, final, stages, t
     ratios = {k: _ratio(original.get(k), compressed.get(k)) for k in ("params", "macs", "onnx_bytes")}
     ratios["latency"] = _ratio(original["latency_ms"], compressed["latency_ms"])  # > 1 means faster
     fidelity = result.to_dict()
+    if lost_at:
+        fidelity["lost_at"] = lost_at
     _latency_notes(ctx, ratios, original)
     report = {
         "model": {"adapter": adapter.name, "task": adapter.task, "class_names": adapter.class_names,
@@ -217,11 +274,12 @@ def _measure_and_check(recipe, ctx, reference, model, ref_onnx, final, stages, t
         "compressed": compressed,
         "ratios": ratios,
         "fidelity": fidelity,
+        "stage_fidelity": per_stage,
         "notes": ctx.notes,
         "environment": _environment(n_threads),
     }
-    if not fidelity.get("passed") and any(p.get("quantized") for p in ctx.report.values() if isinstance(p, dict)):
-        report["int8_drift"] = _drift(ctx, final, n_threads)
+    if not fidelity.get("passed") and blamed is not None and blamed.get("quantized"):
+        report["int8_drift"] = _drift(ctx, final, n_threads)  # only when the int8 stage lost the agreement
     report["files"] = {"overlays": _overlays(ctx, result, final.parent, recipe.fidelity.overlays)}
     return report
 
@@ -283,13 +341,24 @@ def _save_torch_model(adapter, model, path: Path, ctx: Context) -> None:
         save_model(adapter, model, path)
     except Exception as e:  # e.g. a fake-quant model; the ONNX file is the deliverable
         ctx.notes.append(f"The compressed torch model was not saved ({e}); model.onnx is the deliverable.")
+        return
+    if adapter.name == "ultralytics":  # also as a checkpoint Ultralytics itself loads, validates, exports, trains
+        try:
+            from compress.models.ultralytics_io import save_ultralytics_checkpoint
+
+            ctx.notes.extend(save_ultralytics_checkpoint(adapter, model, path.with_name("model.ultralytics.pt")))
+        except Exception as e:  # model.pt and model.onnx are written; say why this one is not
+            ctx.notes.append(f"model.ultralytics.pt was not written ({type(e).__name__}: {e}).")
 
 
 def _environment(threads: int) -> dict:
     import onnxruntime
 
+    from compress.runtime.threads import physical_cores
+
     env = {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-           "compress": __version__, "threads": threads, "machine": platform.machine()}
+           "compress": __version__, "threads": threads, "machine": platform.machine(),
+           "torch_threads": torch.get_num_threads(), "onnxruntime_threads": threads, "physical_cores": physical_cores()}
     try:
         from compress.runtime.cpu import cpu_features
 

@@ -131,7 +131,56 @@ class SplitFreeELAN(_SplitFree):
         return self.cv4(torch.cat(y, 1))
 
 
+class TraceOpaqueAAttn(nn.Module):
+    """YOLO12's area attention (``AAttn``), computed by its own code, opaque to torch-pruning.
+
+    ``AAttn`` flattens, transposes and reshapes its ``qkv`` output per area and per head;
+    torch-pruning maps channel indices through every one of those ops (its flatten
+    mapping multiplies each index by H*W), which took yolo12n's pruning past 15 minutes
+    while its head-sized convolutions must keep their widths anyway. Here the same
+    forward runs inside a reentrant ``torch.utils.checkpoint`` when the model is traced
+    (eval mode with gradients on), so the trace sees one channel-preserving op; the
+    adapter protects the attention's convolutions and the block's input width (kept
+    whole). Training, inference and export run the original forward unchanged; the
+    state_dict keys (``qkv``, ``proj``, ``pe``) are the original's.
+    """
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self._forward = type(block).forward
+        for k in ("area", "num_heads", "head_dim", "all_head_dim"):
+            setattr(self, k, getattr(block, k))
+        self.qkv, self.proj, self.pe = block.qkv, block.proj, block.pe
+        for k in _KEEP_ATTRS:
+            if hasattr(block, k):
+                setattr(self, k, getattr(block, k))
+
+    def forward(self, x):
+        if torch.is_grad_enabled() and not self.training and x.requires_grad:
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(self._forward, self, x, use_reentrant=True)
+        return self._forward(self, x)
+
+    def extra_repr(self) -> str:
+        return "rewritten from AAttn (kept whole when pruning)"
+
+    def original(self) -> nn.Module:
+        """The Ultralytics ``AAttn`` again, sharing this module's layers (e.g. for an Ultralytics checkpoint)."""
+        from ultralytics.nn.modules.block import AAttn
+
+        new = AAttn.__new__(AAttn)
+        nn.Module.__init__(new)
+        new.train(self.training)
+        for k in ("area", "num_heads", "head_dim", "all_head_dim", *_KEEP_ATTRS):
+            if hasattr(self, k):
+                setattr(new, k, getattr(self, k))
+        new.qkv, new.proj, new.pe = self.qkv, self.proj, self.pe
+        return new
+
+
 SPLIT_FREE_TYPES = (SplitFreeC2f, SplitFreeC2fAttn, SplitFreeC2, SplitFreeC2PSA, SplitFreePSA, SplitFreeELAN)
+REWRITTEN_TYPES = (*SPLIT_FREE_TYPES, TraceOpaqueAAttn)
 
 
 def _rules():
@@ -139,7 +188,8 @@ def _rules():
     from ultralytics.nn.modules import block as B
 
     names = [("C2f", SplitFreeC2f), ("C2fAttn", SplitFreeC2fAttn), ("C2", SplitFreeC2),
-             ("C2PSA", SplitFreeC2PSA), ("PSA", SplitFreePSA), ("RepNCSPELAN4", SplitFreeELAN)]
+             ("C2PSA", SplitFreeC2PSA), ("PSA", SplitFreePSA), ("RepNCSPELAN4", SplitFreeELAN),
+             ("AAttn", TraceOpaqueAAttn)]
     return [(getattr(B, n), r) for n, r in names if hasattr(B, n)]
 
 
@@ -166,7 +216,7 @@ def rewrite_split_blocks(model: nn.Module) -> list[str]:
 
 def is_split_free(model: nn.Module) -> bool:
     """True when ``model`` contains rewritten blocks (its state_dict uses cv1a/cv1b keys)."""
-    return any(isinstance(m, SPLIT_FREE_TYPES) for m in model.modules())
+    return any(isinstance(m, REWRITTEN_TYPES) for m in model.modules())
 
 
 def conv_groups(model: nn.Module) -> dict[str, int]:

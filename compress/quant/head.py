@@ -11,6 +11,8 @@ The rule: the *final convolutions* are the Conv nodes from which no other learne
 Conv can be reached (a Conv that only follows a Softmax is the DFL expectation, part of
 the tail, not a learned layer); the *tail* is every node downstream of them. Each final
 Conv keeps its own output quantization, so box and score tensors never share a scale.
+End-to-end heads (YOLOv10, YOLO26) exported NMS-free add a TopK selection (ReduceMax,
+TopK, GatherElements, Mod) to that tail; YOLO26 (``reg_max`` 1) has no DFL at all.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 _SHAPE_OPS = frozenset({"Reshape", "Transpose", "Split", "Slice", "Gather", "Unsqueeze", "Squeeze",
                         "Flatten", "Expand", "Tile", "Identity", "Cast"})
 _ARITH_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
+_TOPK_OPS = {  # the NMS-free selection of end-to-end heads (YOLOv10, YOLO26 with export end2end)
+    "TopK": "NMS-free top-k selection of the best-scoring anchors (end-to-end head)",
+    "ReduceMax": "best class score per anchor, ranked by the end-to-end top-k",
+    "GatherElements": "gathers the top-k boxes and scores (end-to-end head)",
+    "Mod": "class index from the top-k position (end-to-end head)",
+}
 
 
 @dataclass
@@ -131,6 +139,8 @@ def _why(g: _Graph, name: str, scores: set[str], decode: set[str]) -> str:
         return "DFL expectation (bin probabilities x bin values)"
     if op in ("ReduceSum", "ReduceMean"):
         return "DFL expectation (sum over box-distance bins)"
+    if op in _TOPK_OPS:
+        return _TOPK_OPS[op]
     if op in _ARITH_OPS:
         return "anchor/stride arithmetic on box coordinates in pixels"
     if op in _SHAPE_OPS:
