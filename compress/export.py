@@ -48,7 +48,7 @@ class _FirstOutput(nn.Module):
 
 
 def export_onnx(model: nn.Module, adapter, path: str | os.PathLike, *, opset: int = 17, simplify: bool = True,
-                metadata: dict[str, Any] | None = None, **export_kwargs) -> Path:
+                metadata: dict[str, Any] | None = None, end2end: bool | None = None, **export_kwargs) -> Path:
     """Export ``model`` to ``path`` (written atomically) and return the path.
 
     Steps: ``torch.onnx.export`` of ``adapter.example_input(1)`` in eval mode with
@@ -56,15 +56,22 @@ def export_onnx(model: nn.Module, adapter, path: str | os.PathLike, *, opset: in
     afterwards; QAT models export as QuantizeLinear/DequantizeLinear), onnxsim (on failure the
     unsimplified graph is kept, a warning logged and ``simplified=false`` recorded),
     ``onnx.checker.check_model(full_check=True)``, then metadata_props:
-    ``adapter.metadata()``, ``preprocess``, ``compress_version``, ``recipe_hash``,
-    ``opset``, ``simplified`` and every key of ``metadata``.
+    ``adapter.metadata()`` (Ultralytics' keys, see :func:`ultralytics_metadata`), ``args``,
+    ``preprocess``, ``compress_version``, ``recipe_hash``, ``opset``, ``simplified`` and
+    every key of ``metadata``.
     ``export_kwargs`` go to ``torch.onnx.export`` (e.g. for fake-quant models).
+    ``end2end`` (recipe ``export.end2end``) picks an end-to-end head's output through
+    ``adapter.set_end2end`` (kept on the adapter, so the fidelity check decodes the same branch).
     """
     import onnx
 
     from compress import __version__
     from compress.atomic import atomic_write_bytes
 
+    if end2end is not None:
+        if not hasattr(adapter, "set_end2end"):
+            raise CompressError(f"export.end2end: the {adapter.name} adapter has no end-to-end output")
+        adapter.set_end2end(model, end2end)
     proto = _torch_export(model, adapter, opset, export_kwargs)
     simplified, why = False, "disabled"
     if simplify:
@@ -75,8 +82,9 @@ def export_onnx(model: nn.Module, adapter, path: str | os.PathLike, *, opset: in
         raise CompressError(f"{path}: exported ONNX model fails onnx.checker: {_first_line(e)}") from e
 
     props: dict[str, Any] = dict(adapter.metadata())
-    props.update(preprocess=PREPROCESS.get(adapter.task, "rgb /255 nchw"), compress_version=__version__,
-                 recipe_hash="none", opset=str(_opset(proto)), simplified=str(simplified).lower())
+    props.update(args=export_args(_opset(proto), simplified), preprocess=PREPROCESS.get(adapter.task, "rgb /255 nchw"),
+                 compress_version=__version__, recipe_hash="none", opset=str(_opset(proto)),
+                 simplified=str(simplified).lower())
     if not simplified and simplify:
         props["simplify_error"] = why
     props.update(metadata or {})
@@ -139,6 +147,10 @@ def _strip_wrapper_scope(proto) -> None:
             return name[len("/model"):]
         return name[len("model."):] if name.startswith("model.") else name
 
+    names = {v for n in graph.node for v in (n.name, *n.input, *n.output)}
+    names |= {i.name for coll in (graph.initializer, graph.input, graph.output) for i in coll}
+    if any(rename(v) != v and rename(v) in names for v in names):
+        return  # the wrapper's own ops (e.g. an adapter's flattening) hold the short names
     for node in graph.node:
         node.name = rename(node.name)
         node.input[:] = [rename(v) for v in node.input]
@@ -180,6 +192,97 @@ def set_metadata(proto, props: dict[str, Any]) -> None:
     del proto.metadata_props[:]
     for k, v in merged.items():
         proto.metadata_props.add(key=k, value=v)
+
+
+# -- metadata in Ultralytics' format ------------------------------------------------------------
+# Ultralytics' exporter (ultralytics/engine/exporter.py) writes ``str(value)`` of Python objects and its
+# AutoBackend reads them back with ``ast.literal_eval`` (names, imgsz, args, end2end) or ``int`` (stride,
+# batch, channels); writing the same keys the same way lets ``YOLO("model.onnx")`` load our files.
+ULTRALYTICS_LICENSE = "AGPL-3.0 License (https://ultralytics.com/license)"
+ULTRALYTICS_DOCS = "https://docs.ultralytics.com"
+
+
+def ultralytics_metadata(class_names: list[str], imgsz: int | tuple[int, int], stride: int, task: str, *,
+                         description: str, author: str = "compress", version: str | None = None,
+                         license: str = "unspecified: the license of the original model applies",
+                         docs: str = "compress README: What a run writes", head: str | None = None,
+                         end2end: bool = False, channels: int = 3, batch: int = 1) -> dict[str, str]:
+    """The metadata keys Ultralytics' ONNX exporter writes, as the strings it writes them.
+
+    ``names`` ``{0: 'a', 1: 'b'}``, ``imgsz`` ``[h, w]``, ``stride``/``batch``/``channels``
+    integers, ``end2end`` ``True``/``False``; ``version`` defaults to compress's.
+    """
+    from datetime import datetime
+
+    from compress import __version__
+
+    hw = [int(imgsz), int(imgsz)] if isinstance(imgsz, int) else [int(v) for v in imgsz]
+    meta = {"description": description, "author": author, "date": datetime.now().astimezone().isoformat(),
+            "version": version or __version__, "license": license, "docs": docs, "stride": str(int(stride)),
+            "task": task, "batch": str(int(batch)), "imgsz": str(hw),
+            "names": str({i: str(n) for i, n in enumerate(class_names)}), "channels": str(int(channels)),
+            "end2end": str(bool(end2end))}
+    if head:
+        meta["head"] = head
+    return meta
+
+
+def export_args(opset: int, simplified: bool, *, nms: bool = False, quantize: int | None = None) -> str:
+    """The ``args`` metadata value (Ultralytics writes the ONNX export arguments it used)."""
+    return str({"batch": 1, "quantize": quantize, "nms": nms, "dynamic": False, "simplify": bool(simplified),
+                "opset": int(opset)})
+
+
+_INT8_OPS = {"QuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}
+
+
+def restamp_args(proto, args: str | None) -> str:
+    """``args`` (as :func:`export_args` wrote it) with ``quantize: 8`` when ``proto`` has int8 ops."""
+    import ast
+
+    try:
+        parsed = ast.literal_eval(args) if args else None
+    except (ValueError, SyntaxError):
+        parsed = None
+    if not isinstance(parsed, dict):
+        parsed = ast.literal_eval(export_args(_opset(proto), False))
+    if any(n.op_type in _INT8_OPS for n in proto.graph.node):
+        parsed["quantize"] = 8
+    return str(parsed)
+
+
+def parse_names(value: str | None) -> list[str] | None:
+    """Class names from a ``names`` metadata value: Ultralytics' dict literal, or the
+    comma-joined list files written by compress before 0.2 used (both are read)."""
+    import ast
+
+    if value is None:
+        return None
+    text = value.strip()
+    if text.startswith(("{", "[")):
+        try:
+            parsed = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise CompressError(f"unreadable 'names' metadata: {text[:60]!r}") from None
+        if isinstance(parsed, dict):
+            return [str(parsed[k]) for k in sorted(parsed, key=int)]
+        return [str(v) for v in parsed]
+    return text.split(",") if text else []
+
+
+def parse_imgsz(value: str | None) -> list[int] | None:
+    """``[h, w]`` from an ``imgsz`` metadata value (``[64, 64]``, or ``64`` as older files wrote it)."""
+    import ast
+
+    if value is None:
+        return None
+    try:
+        parsed = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        raise CompressError(f"unreadable 'imgsz' metadata: {value[:60]!r}") from None
+    if isinstance(parsed, int):
+        return [parsed, parsed]
+    return [int(v) for v in parsed]
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -4,6 +4,7 @@ Kept small (few validation images, short latency runs) so the suite stays fast; 
 full-size numbers come from benchmarks/.
 """
 
+import ast
 import json
 from pathlib import Path
 
@@ -48,8 +49,8 @@ def test_digitdet_export_only_agrees_with_torch(tmp_path, capsys):
     onnx.checker.check_model(m)
     assert m.opset_import[0].version >= 17
     meta = {p.key: p.value for p in m.metadata_props}
-    assert meta["names"].split(",") == [str(i) for i in range(10)]
-    assert meta["imgsz"] == "128" and meta["task"] == "detect" and "preprocess" in meta
+    assert ast.literal_eval(meta["names"]) == {i: str(i) for i in range(10)}  # Ultralytics' format
+    assert meta["imgsz"] == "[128, 128]" and meta["task"] == "detect" and "preprocess" in meta
     resolved = yaml.safe_load((out / "recipe.yaml").read_text())
     assert resolved["fidelity"]["samples"] == 40
     assert meta["recipe_hash"] == rep["recipe"]["digest"]

@@ -81,14 +81,20 @@ class Adapter(ABC):
         return model
 
     def metadata(self) -> dict[str, str]:
-        """Key/values written into the exported ONNX model for downstream tools."""
-        return {
-            "task": self.task,
-            "adapter": self.name,
-            "names": ",".join(self.class_names),
-            "imgsz": str(self.imgsz),
-            "stride": str(self.stride),
-        }
+        """Key/values written into the exported ONNX model for downstream tools.
+
+        The keys and value formats of Ultralytics' own exporter (``names`` as a dict
+        literal, ``imgsz`` as a list, ...; see :func:`compress.export.ultralytics_metadata`),
+        so ``YOLO("model.onnx")`` and any tool reading them works, plus ``adapter``.
+        """
+        from compress.export import ultralytics_metadata
+
+        # (B, N, 6) x1 y1 x2 y2 score class outputs: Ultralytics then skips its NMS ("end2end")
+        e2e = bool(getattr(self, "end2end", False)) or getattr(self, "output_layout", None) in ("end2end",
+                                                                                              "torchvision")
+        return {**ultralytics_metadata(self.class_names, self.imgsz, self.stride, self.task,
+                                       description=f"compress {self.name} model", end2end=e2e),
+                "adapter": self.name}
 
     def checkpoint(self, model: nn.Module) -> dict:
         """A ``weights_only``-loadable dict that ``load`` can rebuild the model from."""
