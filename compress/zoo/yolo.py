@@ -1,42 +1,105 @@
-"""Briefly train a YOLOv8n-architecture detector on digits-det and write its checkpoint.
+"""Briefly train an Ultralytics-architecture detector (any model yaml) on digits-det.
 
-    python -m compress.zoo.yolo --out compress/zoo/weights/yolov8n-digits.pt --minutes 20
+    python -m compress.zoo.yolo --cfg yolov8n.yaml   # -> compress/zoo/weights/yolov8n-digits.pt
+    python -m compress.zoo.yolo --cfg yolo26n.yaml --minutes 12
 
 A plain torch loop (AdamW, linear warm-up then cosine, weight EMA) on fresh online
-samples from ``DigitsDetGenerator("train")``, with Ultralytics' own detection loss
-through :class:`~compress.models.ultralytics.UltralyticsAdapter`. No Ultralytics
-trainer, no download. The checkpoint is the adapter's ``weights_only`` dict plus how
-it was produced (``produced_by``) and its val mAP (``metrics``).
+samples from ``DigitsDetGenerator("train")``, with the loss Ultralytics itself picks
+for the model (``DetectionModel.init_criterion``: ``v8DetectionLoss``, or ``E2ELoss``
+for the end-to-end heads of YOLOv10/YOLO26, whose one-to-many weight decays over
+virtual epochs as in Ultralytics' trainer). No Ultralytics trainer, no download. The
+checkpoint is the adapter's ``weights_only`` dict plus how it was produced
+(``produced_by``) and its val mAP (``metrics``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 FP16_ABOVE_BYTES = 6_000_000  # store weights in fp16 when the fp32 state_dict is bigger than this
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+VIRTUAL_EPOCHS = 10  # E2ELoss decays its one-to-many gain per epoch; the online loop has none, so 10 of equal length
 
 
-def evaluate(adapter, model, samples, batch: int = 32, conf: float = 0.001) -> dict:
-    """COCO mAP50 / mAP50-95 of ``model`` on labelled samples (torch, eval mode)."""
+def default_out(cfg: str) -> Path:
+    """``yolo26n.yaml`` -> ``compress/zoo/weights/yolo26n-digits.pt``."""
+    return WEIGHTS / f"{Path(cfg).stem}-digits.pt"
+
+
+def _decode_end2end(output: torch.Tensor, metas, conf: float):
+    """``(B, K, 6)`` = x1, y1, x2, y2, score, class in input pixels -> Detections in original pixels (no NMS)."""
+    from compress.types import Detections
+
+    results = []
+    for pred, meta in zip(output.detach().float().cpu(), metas):
+        pred = pred[pred[:, 4] >= conf]
+        boxes = pred[:, :4].clone()
+        boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - meta.pad_x) / meta.scale).clamp(0, meta.width)
+        boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - meta.pad_y) / meta.scale).clamp(0, meta.height)
+        results.append(Detections(boxes.numpy().astype(np.float32), pred[:, 4].numpy().astype(np.float32),
+                                  pred[:, 5].numpy().astype(np.int64)))
+    return results
+
+
+@contextlib.contextmanager
+def _one2one(model):
+    """Eval forward through an end-to-end head's one-to-one branch: ``(B, max_det, 6)``, no NMS needed."""
+    head = model.model[-1]
+    old = head.end2end
+    head.end2end = True
+    try:
+        yield
+    finally:
+        head.end2end = old
+
+
+def has_one2one(model) -> bool:
+    """True for end-to-end (NMS-free) heads: YOLOv10, YOLO26."""
+    return getattr(model.model[-1], "one2one_cv2", None) is not None
+
+
+def evaluate(adapter, model, samples, batch: int = 32, conf: float = 0.001, one2one: bool = False) -> dict:
+    """COCO mAP50 / mAP50-95 of ``model`` on labelled samples (torch, eval mode).
+
+    ``one2one``: score an end-to-end head's one-to-one branch (top-``max_det``, no NMS)
+    instead of the adapter's output.
+    """
     from compress.metrics.detection import coco_map
     from compress.types import Detections
 
     model.eval()
     preds = []
-    with torch.no_grad():
+    with torch.no_grad(), (_one2one(model) if one2one else contextlib.nullcontext()):
         for i in range(0, len(samples), batch):
             chunk = samples[i:i + batch]
             x, metas = adapter.preprocess([s.image for s in chunk])
-            preds.extend(adapter.decode(adapter.forward(model, x), metas, conf))
+            if one2one:
+                out = model(x)
+                preds.extend(_decode_end2end(out[0] if isinstance(out, (tuple, list)) else out, metas, conf))
+            else:
+                preds.extend(adapter.decode(adapter.forward(model, x), metas, conf))
     truths = [Detections(np.asarray(s.boxes, np.float32).reshape(-1, 4), np.ones(len(s.boxes), np.float32),
                          np.asarray(s.classes, np.int64)) for s in samples]
     return coco_map(preds, truths, num_classes=len(adapter.class_names))
+
+
+def ultralytics_criterion(model, epochs: int = VIRTUAL_EPOCHS):
+    """The detection loss Ultralytics' ``DetectionModel.init_criterion`` picks for ``model`` (hyp from its defaults)."""
+    from compress.models.ultralytics import _loss_hyp
+
+    hyp = _loss_hyp(model)
+    hyp.epochs = epochs
+    # init_criterion only reads .args, .model and .parameters(): a view keeps model.args untouched
+    view = SimpleNamespace(args=hyp, model=model.model, parameters=model.parameters)
+    return type(model).init_criterion(view)
 
 
 def train_yolo_digits(cfg: str = "yolov8n.yaml", out: str | Path | None = None, imgsz: int = 128,
@@ -49,7 +112,7 @@ def train_yolo_digits(cfg: str = "yolov8n.yaml", out: str | Path | None = None, 
     """
     from compress.data import builtin_dataset
     from compress.data.digits_det import CLASS_NAMES, DigitsDetGenerator
-    from compress.models.ultralytics import UltralyticsAdapter
+    from compress.models.ultralytics import UltralyticsAdapter, _targets
     from compress.offline import import_ultralytics
     from compress.recipe import ModelSpec
 
@@ -60,6 +123,7 @@ def train_yolo_digits(cfg: str = "yolov8n.yaml", out: str | Path | None = None, 
     gen = DigitsDetGenerator("train", seed=seed, imgsz=imgsz)
     adapter, model = UltralyticsAdapter.load(ModelSpec(builtin=cfg, class_names=list(CLASS_NAMES), imgsz=imgsz),
                                              None, False)
+    criterion = ultralytics_criterion(model)
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
@@ -80,7 +144,7 @@ def train_yolo_digits(cfg: str = "yolov8n.yaml", out: str | Path | None = None, 
         samples = [gen.sample(rng) for _ in range(batch)]
         x, _ = adapter.preprocess([s.image for s in samples])
         model.train()
-        loss = adapter.loss(model, x, samples)
+        loss = criterion(model(x), _targets(x, samples))[0].sum() / batch
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -98,6 +162,8 @@ def train_yolo_digits(cfg: str = "yolov8n.yaml", out: str | Path | None = None, 
             per_step = (time.perf_counter() - t0) / i
             total = max(warmup + 10, int(minutes * 60 / per_step))
             log(f"{per_step:.2f} s/step -> {total} steps for {minutes} min")
+        if hasattr(criterion, "update") and i % max(1, total // VIRTUAL_EPOCHS) == 0:
+            criterion.update()  # E2ELoss: one-to-many gain 0.8 -> 0.1 over the run
         if i % 100 == 0:
             log(f"step {i}/{total}: loss {running:.3f} ({time.perf_counter() - t0:.0f} s)")
     seconds = time.perf_counter() - t0
@@ -105,18 +171,28 @@ def train_yolo_digits(cfg: str = "yolov8n.yaml", out: str | Path | None = None, 
     final = ema.module
     val = builtin_dataset("digits-det", "val", samples=val_images)
     metrics = {k: float(v) for k, v in evaluate(adapter, final, val.samples).items() if k != "reason"}
+    if has_one2one(final):
+        o2o = evaluate(adapter, final, val.samples, one2one=True)
+        metrics.update(one2one_map50=float(o2o["map50"]), one2one_map50_95=float(o2o["map50_95"]))
     metrics.update(val_images=len(val), train_loss=round(running, 4))
-    log(f"val mAP50 {metrics['map50']:.3f}  mAP50-95 {metrics['map50_95']:.3f} on {len(val)} images")
+    log(f"val mAP50 {metrics['map50']:.3f}  mAP50-95 {metrics['map50_95']:.3f} on {len(val)} images"
+        + (f" (one-to-one branch: {metrics['one2one_map50']:.3f} / {metrics['one2one_map50_95']:.3f})"
+           if "one2one_map50" in metrics else ""))
 
     ckpt = adapter.checkpoint(final.eval())
     sd_bytes = sum(v.numel() * v.element_size() for v in ckpt["state_dict"].values())
     if sd_bytes > FP16_ABOVE_BYTES:
         ckpt["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
     ckpt["metrics"] = metrics
+    loss_name = f"ultralytics {type(criterion).__name__}"
+    if hasattr(criterion, "update"):
+        epoch = max(1, total // VIRTUAL_EPOCHS)
+        loss_name += f" (one-to-many gain 0.8 -> 0.1 over {VIRTUAL_EPOCHS} virtual epochs of {epoch} steps)"
     ckpt["produced_by"] = {
         "function": "compress.zoo.yolo.train_yolo_digits", "cfg": cfg, "imgsz": imgsz, "steps": i, "batch": batch,
         "lr": lr, "warmup": warmup, "ema_decay": ema_decay, "seed": seed, "data": "digits-det train (online)",
-        "optimizer": "AdamW wd 5e-4, warm-up + cosine", "loss": "ultralytics v8DetectionLoss",
+        "optimizer": "AdamW wd 5e-4, warm-up + cosine", "loss": loss_name,
+        "metrics_output": "adapter output (one-to-many branch, NMS)" if has_one2one(final) else "adapter output (NMS)",
         "seconds": round(seconds, 1), "threads": threads, "torch": str(torch.__version__),
         "ultralytics": str(import_ultralytics().__version__),
         "storage": "fp16" if sd_bytes > FP16_ABOVE_BYTES else "fp32",
@@ -132,8 +208,8 @@ def train_yolo_digits(cfg: str = "yolov8n.yaml", out: str | Path | None = None, 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cfg", default="yolov8n.yaml")
-    ap.add_argument("--out", default="compress/zoo/weights/yolov8n-digits.pt")
+    ap.add_argument("--cfg", default="yolov8n.yaml", help="Ultralytics model yaml (yolov8n.yaml, yolo26n.yaml, ...)")
+    ap.add_argument("--out", default=None, help="default: compress/zoo/weights/<cfg stem>-digits.pt")
     ap.add_argument("--imgsz", type=int, default=128)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--steps", type=int, default=None, help="exact step count (overrides --minutes)")
@@ -142,8 +218,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
-    train_yolo_digits(a.cfg, a.out, a.imgsz, a.minutes, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed,
-                      threads=a.threads)
+    train_yolo_digits(a.cfg, a.out or default_out(a.cfg), a.imgsz, a.minutes, steps=a.steps, batch=a.batch,
+                      lr=a.lr, seed=a.seed, threads=a.threads)
 
 
 if __name__ == "__main__":
