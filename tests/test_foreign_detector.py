@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from compress.cli import main
-from compress.errors import EXIT_FIDELITY, EXIT_OK
+from compress.errors import EXIT_FIDELITY, EXIT_OK, PassError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "custom-detector" / "recipe.yaml"  # prune 50% + distill + int8
@@ -119,6 +119,9 @@ def test_detect_distill_matches_rows_and_weighs_boxes_and_scores_apart():
     teacher = torch.cat([_rows(), torch.zeros(1, 3, 6)], 1)  # 3 padding rows (score 0)
     assert resolve_mode("auto", "detect", [teacher], nc) == "detect"
     assert resolve_mode("auto", "classify", [teacher], nc) == "mse"
+    assert resolve_mode("detect", "detect", [teacher], nc) == "detect"  # asked for by name
+    with pytest.raises(PassError, match="distill 'detect' needs one decoded detector output"):
+        resolve_mode("detect", "detect", [torch.zeros(1, 7, 8, 8)], nc)
     shuffled = teacher[:, torch.randperm(8, generator=torch.Generator().manual_seed(1))]
     assert float(distill_loss("detect", [shuffled], [teacher], nc)) == pytest.approx(0.0, abs=1e-5)
     # the box term is normalised by the box size: the same relative error at 10x the pixels costs the same

@@ -16,8 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from compress.deploy.base import Artifact, BuildContext, DeployError, Runner, Target
-from compress.deploy.onnxruntime import ORT_LOAD, ort_runner
+from compress.deploy.base import Artifact, BuildContext, DeployError
+from compress.deploy.onnxruntime import OnnxRuntimeTarget
 
 
 def target_platform(cpu: str) -> str:
@@ -28,7 +28,9 @@ def target_platform(cpu: str) -> str:
     return "arm" if platform.machine().lower() in ("arm64", "aarch64") else "amd64"
 
 
-class OrtMobileTarget(Target):
+class OrtMobileTarget(OnnxRuntimeTarget):
+    """Runs in ONNX Runtime like ``onnxruntime`` (same session, script and version); builds ``.ort`` files."""
+
     name = "ort-mobile"
     extra = "ort-mobile"  # the converter ships with onnxruntime; the extra adds flatbuffers
     packages = ("onnxruntime", "flatbuffers")
@@ -76,13 +78,3 @@ class OrtMobileTarget(Target):
                     "x86 CPUs only; set deploy.cpu: arm64 for an ARM board"]
         return []
 
-    def session(self, files: list[Path], threads: int) -> Runner:
-        return ort_runner(files[0], threads)
-
-    def infer_script(self) -> str:
-        return ORT_LOAD
-
-    def version(self) -> str:
-        import onnxruntime
-
-        return onnxruntime.__version__

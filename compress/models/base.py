@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.types import Detections, Sample
+from compress.types import Sample
 
 Task = Literal["detect", "classify"]
 

@@ -64,6 +64,10 @@ def resolve_mode(mode: str, task: str, outputs: list["torch.Tensor"], nc: int, w
         shapes = ", ".join(str(tuple(o.shape)) for o in outputs)
         raise PassError(f"{who}: distill 'yolo' needs detector head maps (B, 4*reg_max+{nc}, H, W); "
                         f"the adapter gives {shapes} (use distill: mse)")
+    if mode == "detect" and not (task == "detect" and decoded_layout(outputs, nc)):
+        shapes = ", ".join(str(tuple(o.shape)) for o in outputs)
+        raise PassError(f"{who}: distill 'detect' needs one decoded detector output (B, 4+{nc}, N) or (B, N, 6); "
+                        f"the adapter gives {shapes} (use distill: mse)")
     if mode == "auto":
         if fits:
             return "yolo"

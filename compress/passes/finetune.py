@@ -48,7 +48,8 @@ class FinetuneConfig(BaseModel):
     schedule: Literal["cosine", "constant"] = "cosine"
     batch_size: int = Field(default=16, ge=1, le=4096)
     loss: Literal["auto", "task", "distill"] = "auto"
-    distill: Literal["auto", "yolo", "mse"] = "auto"  # distillation loss; auto: yolo for detector head maps
+    # distillation loss; auto: yolo for detector head maps, detect for decoded detector outputs, else mse
+    distill: Literal["auto", "yolo", "detect", "mse"] = "auto"
     data: DataSource | None = None  # training images; the calibration set when omitted
     samples: int | None = Field(default=None, gt=0, le=1_000_000)  # use only the first N images
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -119,14 +120,14 @@ def check_finetune(ctx: "Context", cfg: FinetuneConfig, who: str = "finetune") -
     else:
         labelled = True  # a named split is checked for labels when it is loaded
     kind = resolve_loss(ctx, cfg, labelled, who)
-    if kind == "distill" and cfg.distill == "yolo":  # one tiny forward tells whether the heads fit
+    if kind == "distill" and cfg.distill in ("yolo", "detect"):  # one tiny forward tells whether the outputs fit
         import torch
 
         from compress.passes.distill import resolve_mode
 
         with torch.no_grad():
             outputs = ctx.adapter.distill_outputs(ctx.reference, ctx.adapter.example_input(1))
-        resolve_mode("yolo", ctx.adapter.task, outputs, len(ctx.adapter.class_names), who)
+        resolve_mode(cfg.distill, ctx.adapter.task, outputs, len(ctx.adapter.class_names), who)
     return kind
 
 
