@@ -48,7 +48,8 @@ class _FirstOutput(nn.Module):
 
 
 def export_onnx(model: nn.Module, adapter, path: str | os.PathLike, *, opset: int = 17, simplify: bool = True,
-                metadata: dict[str, Any] | None = None, end2end: bool | None = None, **export_kwargs) -> Path:
+                metadata: dict[str, Any] | None = None, end2end: bool | None = None, dynamic_batch: bool = False,
+                **export_kwargs) -> Path:
     """Export ``model`` to ``path`` (written atomically) and return the path.
 
     Steps: ``torch.onnx.export`` of ``adapter.example_input(1)`` in eval mode with
@@ -62,6 +63,7 @@ def export_onnx(model: nn.Module, adapter, path: str | os.PathLike, *, opset: in
     ``export_kwargs`` go to ``torch.onnx.export`` (e.g. for fake-quant models).
     ``end2end`` (recipe ``export.end2end``) picks an end-to-end head's output through
     ``adapter.set_end2end`` (kept on the adapter, so the fidelity check decodes the same branch).
+    ``dynamic_batch`` (recipe ``export.dynamic_batch``) makes the first axis of input and output free.
     """
     import onnx
 
@@ -72,6 +74,8 @@ def export_onnx(model: nn.Module, adapter, path: str | os.PathLike, *, opset: in
         if not hasattr(adapter, "set_end2end"):
             raise CompressError(f"export.end2end: the {adapter.name} adapter has no end-to-end output")
         adapter.set_end2end(model, end2end)
+    if dynamic_batch:
+        export_kwargs.setdefault("dynamic_axes", {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     proto = _torch_export(model, adapter, opset, export_kwargs)
     simplified, why = False, "disabled"
     if simplify:
@@ -82,7 +86,7 @@ def export_onnx(model: nn.Module, adapter, path: str | os.PathLike, *, opset: in
         raise CompressError(f"{path}: exported ONNX model fails onnx.checker: {_first_line(e)}") from e
 
     props: dict[str, Any] = dict(adapter.metadata())
-    props.update(args=export_args(_opset(proto), simplified), preprocess=PREPROCESS.get(adapter.task, "rgb /255 nchw"),
+    props.update(args=export_args(_opset(proto), simplified, dynamic=dynamic_batch), preprocess=PREPROCESS.get(adapter.task, "rgb /255 nchw"),
                  compress_version=__version__, recipe_hash="none", opset=str(_opset(proto)),
                  simplified=str(simplified).lower())
     if not simplified and simplify:
@@ -227,9 +231,10 @@ def ultralytics_metadata(class_names: list[str], imgsz: int | tuple[int, int], s
     return meta
 
 
-def export_args(opset: int, simplified: bool, *, nms: bool = False, quantize: int | None = None) -> str:
+def export_args(opset: int, simplified: bool, *, nms: bool = False, quantize: int | None = None,
+                dynamic: bool = False) -> str:
     """The ``args`` metadata value (Ultralytics writes the ONNX export arguments it used)."""
-    return str({"batch": 1, "quantize": quantize, "nms": nms, "dynamic": False, "simplify": bool(simplified),
+    return str({"batch": 1, "quantize": quantize, "nms": nms, "dynamic": bool(dynamic), "simplify": bool(simplified),
                 "opset": int(opset)})
 
 

@@ -92,6 +92,7 @@ class ExportConfig(_Strict):
     simplify: bool = True
     # end-to-end heads (YOLOv10, YOLO26): true = NMS-free (B, max_det, 6), false/None = raw (B, 4+nc, N)
     end2end: bool | None = None
+    dynamic_batch: bool = False  # a free batch axis (input and output); default: fixed batch 1
 
 
 class FidelityConfig(_Strict):

@@ -201,10 +201,10 @@ def _export_all(recipe, adapter, reference, model, tmp: Path, stages: list[Stage
 
     meta = {"recipe": recipe.name, "recipe_hash": recipe.digest()}
     t0 = time.perf_counter()
-    ref_onnx = export_onnx(reference, adapter, tmp / "original.onnx", opset=recipe.export.opset,
-                           simplify=recipe.export.simplify, metadata={**meta, "variant": "original"})
-    onnx_path = export_onnx(model, adapter, tmp / "work" / "model_fp32.onnx", opset=recipe.export.opset,
-                            simplify=recipe.export.simplify, metadata=meta)
+    opts = {"opset": recipe.export.opset, "simplify": recipe.export.simplify,
+            "dynamic_batch": recipe.export.dynamic_batch}
+    ref_onnx = export_onnx(reference, adapter, tmp / "original.onnx", metadata={**meta, "variant": "original"}, **opts)
+    onnx_path = export_onnx(model, adapter, tmp / "work" / "model_fp32.onnx", metadata=meta, **opts)
     stages.append(Stage("export", time.perf_counter() - t0, stages[-1].params, stages[-1].macs))
     return onnx_path, ref_onnx
 

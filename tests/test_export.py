@@ -231,3 +231,30 @@ def test_check_reads_names_metadata_in_both_formats(tmp_path):
         else:
             with pytest.raises(CompressError, match="names 3 classes"):
                 api.check(path, {"builtin": "digitdet"}, {"path": str(data)}, threads=1)
+
+
+@pytest.mark.parametrize("builtin", ["digitdet", "yolov8n.yaml"])
+def test_dynamic_batch_export_runs_any_batch_like_torch(builtin, tmp_path):
+    """export.dynamic_batch: the exported graph takes a batch of 3 and gives each image torch's output."""
+    import ast
+
+    from compress.models import load_model
+    from compress.recipe import ModelSpec
+    from compress.runtime.session import make_session
+
+    if builtin.endswith(".yaml"):
+        pytest.importorskip("ultralytics")
+    spec = ModelSpec(builtin=builtin, **({"imgsz": 64} if builtin.endswith(".yaml") else {}))
+    adapter, model = load_model(spec)
+    path = export_onnx(model, adapter, tmp_path / "m.onnx", dynamic_batch=True)
+    sess = make_session(path, threads=1)
+    assert not isinstance(sess.get_inputs()[0].shape[0], int)  # a named, free axis
+    x = torch.rand(3, *adapter.example_input(1).shape[1:], generator=torch.Generator().manual_seed(0))
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = adapter.forward(model.eval(), x).numpy()
+    assert got.shape == want.shape and got.shape[0] == 3
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+    assert ast.literal_eval(read_metadata(path)["args"])["dynamic"] is True
+    fixed = export_onnx(model, adapter, tmp_path / "f.onnx")
+    assert make_session(fixed, threads=1).get_inputs()[0].shape[0] == 1

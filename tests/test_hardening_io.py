@@ -21,7 +21,7 @@ from compress.cli import main
 from compress.data.coco import load_coco
 from compress.data.yolo import MAX_CLASSES, load_yolo, write_yolo
 from compress.errors import CompressError, DataError
-from compress.signals import Terminated
+from compress.signals import Terminated, raise_on_signals
 from compress.types import Sample
 
 ROOT = Path(__file__).parents[1]
@@ -129,7 +129,7 @@ _SIGNAL_SCRIPT = """
 import signal, sys, time
 from pathlib import Path
 from compress.atomic import staged_dir
-from compress.signals import Terminated
+from compress.signals import Terminated, raise_on_signals
 sig, root = int(sys.argv[1]), Path(sys.argv[2])
 before = signal.getsignal(sig)
 try:
