@@ -104,6 +104,8 @@ def _images_from_yaml(yaml_file: Path, split: str) -> list[Path]:
     base = Path(data.get("path") or ".")
     if not base.is_absolute():
         base = yaml_file.parent / base
+    if not base.is_dir() and data.get("path"):  # the folder was moved: its absolute `path` is stale
+        base = yaml_file.parent
     key = _pick_split([k for k in data if data[k] and k in sum(SPLIT_ALIASES.values(), ())], split, yaml_file)
     entries = data[key] if isinstance(data[key], list) else [data[key]]
     images: list[Path] = []
@@ -241,12 +243,50 @@ def _fmt(v: float) -> str:
     return f"{float(v):.8f}".rstrip("0").rstrip(".") or "0"
 
 
+def write_samples(samples, images_dir: Path, labels_dir: Path, stems: list[str], *, ext: str = ".jpg",
+                  quality: int = 90) -> int:
+    """Write each sample's image and ``cls cx cy w h`` label file into two folders (made if missing); the count."""
+    images_dir.mkdir(parents=True, exist_ok=True)
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for stem, s in zip(stems, samples):
+        write_image(s.image, images_dir / f"{stem}{ext}", quality)
+        h, w = s.image.shape[:2]
+        lines = []
+        for (x1, y1, x2, y2), c in zip(s.boxes if s.boxes is not None else [], s.classes
+                                       if s.classes is not None else []):
+            vals = ((x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h)
+            lines.append(" ".join([str(int(c)), *(_fmt(v) for v in vals)]))
+        (labels_dir / f"{stem}.txt").write_text("".join(line + "\n" for line in lines))
+        n += 1
+    return n
+
+
+def data_yaml_text(splits: dict[str, str], class_names: list[str], path: str | None = None,
+                   comment: str = "") -> str:
+    """A data.yaml: ``path`` (if given), one key per split (``train`` and ``val`` always, as Ultralytics
+    requires: a missing one points at another split's folder), ``nc`` and ``names``."""
+    if not splits:
+        raise DataError("a data.yaml needs at least one split")
+    folders = dict(splits)
+    first = next(iter(folders.values()))
+    folders.setdefault("val", folders.get("test", first))
+    folders.setdefault("train", folders.get("calib", folders["val"]))
+    order = ["train", "val", *[k for k in folders if k not in ("train", "val")]]
+    meta = {"path": path} if path is not None else {}
+    meta.update({k: folders[k] for k in order})
+    meta.update({"nc": len(class_names), "names": [str(n) for n in class_names]})
+    head = "".join(f"# {line}\n" for line in comment.splitlines())
+    return head + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+
+
 def write_yolo(samples, root: str | Path, class_names: list[str], *, ext: str = ".jpg", quality: int = 90,
                stems: list[str] | None = None, overwrite: bool = False) -> Path:
     """Write samples (with ``boxes``/``classes``) as a YOLO folder, atomically (temp dir + rename).
 
-    Produces ``images/<stem><ext>``, ``labels/<stem>.txt`` and ``data.yaml`` (``train``/``val``
-    both point at ``images`` so the folder also works with Ultralytics as-is).
+    Produces ``images/<stem><ext>``, ``labels/<stem>.txt`` and ``data.yaml``: ONE split, so
+    ``train``/``val`` both point at ``images`` (Ultralytics requires both keys). A data set with
+    separate train/val/calib folders: :func:`compress.data.tools.make_digits_det` (``compress data make``).
     """
     root = Path(root)
     if ext.lower() not in IMAGE_EXTENSIONS:
@@ -260,19 +300,8 @@ def write_yolo(samples, root: str | Path, class_names: list[str], *, ext: str = 
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
         write_marker(tmp, "staging")  # records this pid, so a killed writer's folder can be removed
-        (tmp / "images").mkdir()
-        (tmp / "labels").mkdir()
-        for stem, s in zip(stems, samples):
-            write_image(s.image, tmp / "images" / f"{stem}{ext}", quality)
-            h, w = s.image.shape[:2]
-            lines = []
-            for (x1, y1, x2, y2), c in zip(s.boxes if s.boxes is not None else [], s.classes
-                                           if s.classes is not None else []):
-                vals = ((x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h)
-                lines.append(" ".join([str(int(c)), *(_fmt(v) for v in vals)]))
-            (tmp / "labels" / f"{stem}.txt").write_text("".join(line + "\n" for line in lines))
-        meta = {"train": "images", "val": "images", "nc": len(class_names), "names": list(class_names)}
-        (tmp / "data.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+        write_samples(samples, tmp / "images", tmp / "labels", stems, ext=ext, quality=quality)
+        (tmp / "data.yaml").write_text(data_yaml_text({"train": "images", "val": "images"}, class_names))
         (tmp / MARKER).unlink()
         follow_umask(tmp)
         if root.exists():
