@@ -168,6 +168,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("passes", help="list the pass types a recipe can use, with their fields")
     _common(p)
 
+    p = sub.add_parser("data", help="data set tools: write the built-in set, keep some classes of one")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("make", help="write a built-in data set as a YOLO folder with train/val/calib splits")
+    d.add_argument("name", choices=["digits-det"])
+    d.add_argument("out", help="the folder to write")
+    d.add_argument("--split", default="all", choices=["train", "val", "calib", "all"])
+    d.add_argument("--samples", type=_bounded(int, 1, 1_000_000),
+                   help="images per split (default: train 3000, val 200, calib 300)")
+    d.add_argument("--imgsz", type=_bounded(int, 32, 1024), default=128)
+    d.add_argument("--seed", type=_bounded(int, 0, 2**32 - 1), default=0)
+    d.add_argument("--force", action="store_true", help="replace OUT if a compress command wrote it")
+    _common(d)
+    d = dsub.add_parser("filter", help="keep only some classes of a data set (re-indexed, empty images dropped)")
+    d.add_argument("src", help="YOLO data set (a folder or its data.yaml) or COCO JSON (a .json or its folder)")
+    d.add_argument("out", help="the folder to write")
+    d.add_argument("--classes", required=True, metavar="A,B,...", help="class names or indices, in the new order")
+    d.add_argument("--force", action="store_true", help="replace OUT if a compress command wrote it")
+    _common(d)
+
     p = sub.add_parser("zoo", help="built-in models")
     zsub = p.add_subparsers(dest="zoo_command", required=True)
     t = zsub.add_parser("train", help="train a built-in model (digitdet, lenet5, yolov8n, yolo26n)")
@@ -297,7 +316,7 @@ def _write_check_report(out, force, report, result, adapter, args) -> None:
 def cmd_profile(args) -> int:
     from compress.models import load_model
     from compress.recipe import ModelSpec
-    from compress.runtime.profile import print_profile, profile_model
+    from compress.runtime.profile import print_profile, profile_with_memory
 
     from compress.runtime.threads import resolve_threads, torch_threads
 
@@ -305,8 +324,10 @@ def cmd_profile(args) -> int:
     threads = resolve_threads(args.threads)
     with torch_threads(threads):
         adapter, model = load_model(spec, trust_checkpoint=args.trust_checkpoint)
-        rows = profile_model(model, adapter, threads=threads, latency=True)
+        rows, mem = profile_with_memory(model, adapter, threads=threads)
     print_profile(rows, top=args.top)
+    print(f"Peak inference memory: {mem['peak_mb']:.1f} MB (ONNX Runtime, {threads} thread(s), a separate process "
+          f"loading and running the model, minus its {mem['baseline_mb']:.0f} MB with the runtime alone)")
     return EXIT_OK
 
 
@@ -365,8 +386,29 @@ def cmd_zoo(args) -> int:
     return EXIT_OK
 
 
+def cmd_data(args) -> int:
+    from compress.data import tools
+
+    if args.data_command == "make":
+        splits = tools.SPLITS if args.split == "all" else (args.split,)
+        res = tools.make_digits_det(args.out, splits, args.samples, seed=args.seed, imgsz=args.imgsz,
+                                    force=args.force)
+        print(f"{args.name}: wrote {res['data_yaml']} ("
+              + ", ".join(f"{s} {n} images" for s, n in res["counts"].items()) + ")")
+        return EXIT_OK
+    res = tools.filter_classes(args.src, args.out, args.classes, force=args.force)
+    print("classes: " + ", ".join(f"{name} -> {i}" for name, i in res["mapping"].items()))
+    for split, st in res["splits"].items():
+        print(f"{split}: kept {st['kept']} images ({st['boxes']} boxes), "
+              f"dropped {st['dropped']} left without a listed class")
+    for note in res["notes"]:
+        print(f"note: {note}")
+    print(f"wrote {res['data_yaml']}")
+    return EXIT_OK
+
+
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "check": cmd_check, "profile": cmd_profile, "deploy": cmd_deploy,
-            "passes": cmd_passes, "zoo": cmd_zoo, "validate": cmd_validate}
+            "passes": cmd_passes, "zoo": cmd_zoo, "validate": cmd_validate, "data": cmd_data}
 
 
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None):

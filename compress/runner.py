@@ -246,14 +246,21 @@ def _measure_and_check(recipe, ctx, reference, model, ref_onnx, final, stages, t
     ctx.notes.extend(n for n in result.notes if n not in ctx.notes)
 
     x = adapter.example_input(1).numpy()
+    from compress.runtime.memory import peak_memory_or_note, process_peak_mb
+
+    passes_peak_mb = process_peak_mb()  # this process's peak so far: the passes (fine-tune included), export
     t0 = time.perf_counter()
     lat = compare_latency({"original": ref_onnx, "compressed": final}, x, threads=n_threads,
                           warmup=bench.warmup, runs=bench.runs)
+    mem = peak_memory_or_note({"original": ref_onnx, "compressed": final}, ctx.notes, threads=n_threads)
+    if lat["original"]["conditions"]["possibly_throttled"]:
+        ctx.notes.append(f"Latency possibly throttled: {lat['original']['conditions']['throttle_reason']}.")
     stages.append(Stage("latency", time.perf_counter() - t0, stages[-1].params, stages[-1].macs))
 
     def side(name, st: Stage, path):
         d = {"params": st.params, "macs": st.macs, "onnx_bytes": file_bytes(path),
-             "latency_ms": lat[name]["median_ms"], "latency_p90_ms": lat[name]["p90_ms"]}
+             "latency_ms": lat[name]["median_ms"], "latency_p90_ms": lat[name]["p90_ms"],
+             "peak_memory_mb": mem.get(name)}
         d.update(getattr(result, f"{name}_metrics", {}) or {})
         return d
 
@@ -277,6 +284,8 @@ def _measure_and_check(recipe, ctx, reference, model, ref_onnx, final, stages, t
         "stage_fidelity": per_stage,
         "notes": ctx.notes,
         "environment": _environment(n_threads),
+        "conditions": lat["original"]["conditions"],  # of the latency figures (one interleaved timing)
+        "passes_peak_memory_mb": passes_peak_mb,
     }
     if not fidelity.get("passed") and blamed is not None and blamed.get("quantized"):
         report["int8_drift"] = _drift(ctx, final, n_threads)  # only when the int8 stage lost the agreement

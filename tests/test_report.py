@@ -157,3 +157,11 @@ def test_classifier_rows_show_top5_and_kl_with_their_thresholds():
     assert rows["top-5 agreement"][1].startswith(">=") and "0.95" in rows["top-5 agreement"][1]
     assert rows["KL(original || compressed)"][1].startswith("<=")
     assert "original's median top-1 margin" in rows
+
+
+def test_peak_memory_row_shows_both_sides_and_the_ratio():
+    from compress.report.fmt import metric_rows
+
+    rows = {r[0]: r for r in metric_rows({"original": {"peak_memory_mb": 31.4}, "compressed": {"peak_memory_mb": 15.7}})}
+    label, a, b, change = rows["peak inference memory (MB)"]
+    assert "31.4" in a and "15.7" in b and change == "2.00x"

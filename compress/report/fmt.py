@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-# (key, label, kind): kind "count" -> ratio, "ms" -> ratio (speed-up), "score" -> difference
+# (key, label, kind): kind "count" -> ratio, "ms" -> ratio (speed-up, or MB saved), "score" -> difference
 METRICS = [
     ("params", "params", "count"),
     ("macs", "MACs", "count"),
     ("onnx_bytes", "ONNX bytes", "count"),
     ("latency_ms", "latency median (ms)", "ms"),
     ("latency_p90_ms", "latency p90 (ms)", "ms"),
+    ("peak_memory_mb", "peak inference memory (MB)", "ms"),
     ("map50", "mAP50", "score"),
     ("map50_95", "mAP50-95", "score"),
     ("accuracy", "top-1 accuracy", "score"),

@@ -12,7 +12,7 @@ from typing import Any
 from compress.report.fmt import FIDELITY, FIDELITY_KEYS, fidelity_rows, fmt, fmt_big, is_number, metric_rows, verdict
 
 _KNOWN = {"recipe", "model", "data", "stages", "passes", "original", "compressed", "ratios", "fidelity",
-          "notes", "files", "environment", "out_dir", "stage_fidelity"}
+          "notes", "files", "environment", "out_dir", "stage_fidelity", "conditions", "passes_peak_memory_mb"}
 _MAX_ROWS = 200  # long per-layer tables are cut, with a line saying how many rows were left out
 
 
@@ -179,6 +179,26 @@ def _environment(report: dict) -> list[str]:
     return ["## Environment", "", *table(["key", "value"], [[k, v] for k, v in flat.items()])]
 
 
+def _conditions(report: dict) -> list[str]:
+    """Peak memory and the conditions the latency figures were measured under."""
+    cond = report.get("conditions")
+    orig, comp = report.get("original") or {}, report.get("compressed") or {}
+    lines = []
+    mem = [("peak inference memory (MB, separate process, minus the bare runtime)",
+            orig.get("peak_memory_mb"), comp.get("peak_memory_mb"))]
+    if any(v is not None for _, *vals in mem for v in vals):
+        lines += ["## Memory", "", *table(["", "original", "compressed"], [list(r) for r in mem])]
+    if report.get("passes_peak_memory_mb") is not None:
+        lines += [f"Peak resident memory of this run's process through the passes (fine-tune included) and "
+                  f"export: {fmt(report['passes_peak_memory_mb'])} MB.", ""]
+    if isinstance(cond, dict) and cond:
+        head = ["## Measurement conditions", ""]
+        if cond.get("possibly_throttled"):
+            head += [f"**Possibly throttled**: {cond.get('throttle_reason')}; compare the latencies with care.", ""]
+        lines += head + table(["key", "value"], [[k, v] for k, v in cond.items() if k != "throttle_reason"])
+    return lines
+
+
 def render(report: dict) -> str:
     """The whole report.md text."""
     recipe = report.get("recipe") or {}
@@ -207,5 +227,5 @@ def render(report: dict) -> str:
     for key in report:
         if key not in _KNOWN and report[key] not in (None, {}, []):
             lines += [f"## {key}", "", *generic(report[key], 2)]
-    lines += _environment(report)
+    lines += _conditions(report) + _environment(report)
     return "\n".join(lines).rstrip() + "\n"

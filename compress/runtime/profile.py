@@ -158,3 +158,15 @@ def profile_model(model: nn.Module, adapter, onnx_path: str | os.PathLike | None
     for r in rows:
         r["latency_share"] = (r["latency_ms"] or 0.0) / total if total > 0 else None
     return rows
+
+
+def profile_with_memory(model: nn.Module, adapter, threads: int = 2, runs: int = 5) -> tuple[list[dict], dict]:
+    """:func:`profile_model` with latency, plus the model's peak inference memory
+    (:func:`compress.runtime.memory.measure_peak_memory`) from the same temporary ONNX export."""
+    from compress.export import export_onnx
+    from compress.runtime.memory import measure_peak_memory
+
+    with tempfile.TemporaryDirectory(prefix="compress-profile-") as tmp:
+        path = export_onnx(model, adapter, Path(tmp) / "model.onnx")
+        rows = profile_model(model, adapter, path, threads=threads, runs=runs)
+        return rows, measure_peak_memory(path, threads=threads)
