@@ -19,25 +19,13 @@ from torch import nn
 
 from compress.cli import main
 from compress.errors import EXIT_FIDELITY, EXIT_OK
+from compress.models.batchnorm import reestimate_bn
 
 torchvision = pytest.importorskip("torchvision")
 
 IMGSZ = 32
 MODELS = ["resnet18", "mobilenet_v2", "efficientnet_b0", "regnet_y_400mf"]
 NAMES = [str(i) for i in range(10)]
-
-
-def estimate_bn(model: nn.Module, x: torch.Tensor, batch: int = 32) -> nn.Module:
-    """Re-estimate every BatchNorm's statistics on ``x`` (cumulative average); eval mode after."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for i in range(0, len(x), batch):
-            model(x[i:i + batch])
-    return model.eval()
 
 
 def digits_batch(split: str, n: int) -> torch.Tensor:
@@ -56,7 +44,7 @@ def train_images(one_torch_thread):
 def checkpoint(name: str, x: torch.Tensor, path) -> str:
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None, num_classes=10)
-    torch.save(estimate_bn(model, x).state_dict(), path)
+    torch.save(reestimate_bn(model, x).state_dict(), path)
     return str(path)
 
 

@@ -19,6 +19,7 @@ import yaml
 
 from compress.cli import main
 from compress.errors import EXIT_FIDELITY, EXIT_OK, PassError
+from compress.models.batchnorm import reestimate_bn
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "custom-detector" / "recipe.yaml"  # prune 50% + distill + int8
@@ -47,7 +48,7 @@ def ckpt(tmp_path_factory, one_torch_thread):
     data = builtin_dataset("digits-det", "calib", 32)
     x, _ = preprocess_letterbox([s.image for s in data.samples], 128)
     path = tmp_path_factory.mktemp("det") / "pyramid.pt"
-    torch.save(mod.estimate_bn(mod.build(10), x).state_dict(), path)
+    torch.save(reestimate_bn(mod.build(10), x, batch=16).state_dict(), path)
     return str(path)
 
 

@@ -305,3 +305,17 @@ def test_cli_names_the_output_contract_in_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert "the model returns tuple(Tensor(1, 64, 7), Tensor(1, 16, 8, 8))" in err and "(B, 4+nc, N)" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_reestimate_bn_averages_real_statistics_and_leaves_weights():
+    from compress.models.batchnorm import reestimate_bn
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    w = model[0].weight.detach().clone()
+    x = torch.rand(20, 3, 8, 8) * 5 + 2
+    out = reestimate_bn(model, x, batch=5)  # equal batches: the average of batch means is the mean
+    with torch.no_grad():
+        feats = model[0](x)
+    assert out is model and not model.training and torch.equal(model[0].weight, w)
+    torch.testing.assert_close(model[1].running_mean, feats.mean((0, 2, 3)), rtol=1e-4, atol=1e-4)

@@ -66,23 +66,11 @@ def build(num_classes: int = 10) -> PyramidDetector:
     return PyramidDetector(num_classes)
 
 
-def estimate_bn(model: nn.Module, images: torch.Tensor, batch: int = 16) -> nn.Module:
-    """Re-estimate BatchNorm statistics on real images (cumulative average), then eval mode."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            model(images[i:i + batch])
-    return model.eval()
-
-
 def main(out: str, imgsz: int = 128, samples: int = 64) -> None:
     from pathlib import Path
 
     from compress.data import builtin_dataset
+    from compress.models.batchnorm import reestimate_bn
     from compress.models.detect import preprocess_letterbox
 
     Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +78,7 @@ def main(out: str, imgsz: int = 128, samples: int = 64) -> None:
     model = build(10)
     data = builtin_dataset("digits-det", "calib", samples)
     x, _ = preprocess_letterbox([s.image for s in data.samples], imgsz)
-    torch.save(estimate_bn(model, x).state_dict(), out)
+    torch.save(reestimate_bn(model, x, batch=16).state_dict(), out)
     print(f"wrote {out}")
 
 
