@@ -85,6 +85,9 @@ def test_torchvision_export_agrees_and_prune_runs(name, train_images, tmp_path, 
     assert rc in (EXIT_OK, EXIT_FIDELITY), capsys.readouterr().err
     section = rep["passes"]["prune.structured"]
     assert section["params_after"] < 0.6 * section["params_before"]  # really pruned, not "nothing to prune"
+    cov = section["coverage"]  # per layer: requested vs effective; the classifier output left whole, with why
+    assert len(cov["pruned"]) > 5 and all(0 < r["effective"] < 1 for r in cov["pruned"])
+    assert cov["whole"] and all(r["reason"] for r in cov["whole"])
     fid = rep["fidelity"]
     assert fid["measurable"] and fid["top1_agreement"] is not None and fid["kl_divergence"] > 0
 

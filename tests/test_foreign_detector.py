@@ -91,6 +91,8 @@ def test_prune_50_prunes_the_shared_network_and_distills(ckpt, tmp_path, capsys)
     section = rep["passes"]["prune.structured"]
     assert section["params_after"] < 0.4 * section["params_before"]
     assert section["channels"]["body.0.0"] == "16->8" and section["channels"]["head.0.0"] == "64->32"
+    whole = {r["layer"]: r for r in section["coverage"]["whole"]}  # only the shared head's output conv
+    assert [r["kind"] for r in whole.values()] == ["protected"] and len(section["coverage"]["pruned"]) > 3
     tune = section["rounds"][0]["finetune"]
     assert tune["distill"] == "detect" and tune["steps"] == 2
     assert rep["fidelity"]["measurable"]
