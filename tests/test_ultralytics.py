@@ -112,13 +112,13 @@ def test_loss_is_finite_and_trains(v8):
 
 
 def test_targets_follow_the_letterbox():
-    from compress.models.ultralytics import _targets, letterbox_meta
+    from compress.models.ultralytics_loss import letterbox_meta, targets
 
     for h, w in [(96, 120), (128, 128), (50, 200), (300, 40)]:
         _, meta = letterbox(np.zeros((h, w, 3), np.uint8), IMGSZ)
         assert letterbox_meta(h, w, IMGSZ) == (meta.scale, meta.pad_x, meta.pad_y)
     s = Sample("a", np.zeros((64, 128, 3), np.uint8), np.array([[0, 0, 128, 64]], np.float32), np.array([2]))
-    batch = _targets(torch.zeros(1, 3, IMGSZ, IMGSZ), [s])
+    batch = targets(torch.zeros(1, 3, IMGSZ, IMGSZ), [s])
     torch.testing.assert_close(batch["bboxes"], torch.tensor([[0.5, 0.5, 1.0, 0.5]]))
     assert batch["cls"].tolist() == [[2.0]] and batch["batch_idx"].tolist() == [0.0]
 

@@ -10,6 +10,7 @@ ONNX Runtime session, so :func:`compress.fidelity.check` and
 from __future__ import annotations
 
 import importlib.util
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -64,7 +65,7 @@ class Runner:
         return [self(feeds[self._inputs[0].name])]
 
 
-class Target:
+class Target(ABC):
     """Base class of deployment targets (one module each, registered by name)."""
 
     name: ClassVar[str]
@@ -93,16 +94,17 @@ class Target:
         """Why this target does not build ``artifact`` (None: it does)."""
         return None
 
+    @abstractmethod
     def build(self, artifact: Artifact, out_dir: Path, ctx: "BuildContext") -> list[Path]:
         """Write the runtime's files for ``artifact`` into ``out_dir``; return them (model file first)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def session(self, files: list[Path], threads: int) -> Runner:
-        raise NotImplementedError
+        """A callable (and ORT-session-shaped) runner of the built files in the target's own runtime."""
 
+    @abstractmethod
     def infer_script(self) -> str:
         """The body of infer.py that loads the model and defines ``run(x) -> output`` (see bundle.py)."""
-        raise NotImplementedError
 
     def version(self) -> str:
         return ""

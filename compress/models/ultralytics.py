@@ -25,9 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -41,7 +39,6 @@ from compress.offline import import_ultralytics
 
 CHECKPOINT_FORMAT = 1
 ZOO = Path(__file__).resolve().parent.parent / "zoo" / "weights"  # trained models shipped with the package
-_LOSS_GAINS = {"box": 7.5, "cls": 0.5, "dfl": 1.5}  # Ultralytics' default.yaml values (used if unreadable)
 
 
 @register_adapter("ultralytics")
@@ -142,15 +139,13 @@ class UltralyticsAdapter(Adapter):
         """
         if not any(s.boxes is not None for s in samples):
             return None
-        from ultralytics.utils.loss import E2ELoss, v8DetectionLoss
+        from compress.models.ultralytics_loss import criterion, targets
 
-        batch = _targets(images, samples)
+        batch = targets(images, samples)
         with _head_returns_raw(model):
             preds = model(images)
         preds = preds[1] if isinstance(preds, tuple) else preds
-        host = SimpleNamespace(args=_loss_hyp(model), model=model.model, parameters=model.parameters)
-        criterion = E2ELoss(host) if is_end2end_head(_head(model)) else v8DetectionLoss(host)
-        total, _ = criterion(preds, batch)
+        total, _ = criterion(model)(preds, batch)
         return total.sum() / images.shape[0]
 
     def distill_outputs(self, model, x):
@@ -356,54 +351,6 @@ def level_maps(raw) -> list[torch.Tensor]:
     both = torch.cat([raw["boxes"], raw["scores"]], 1)
     return [t.reshape(t.shape[0], t.shape[1], f.shape[-2], f.shape[-1])
             for t, f in zip(both.split(sizes, dim=2), feats)]
-
-
-def _loss_hyp(model) -> SimpleNamespace:
-    gains = dict(_LOSS_GAINS)
-    try:
-        from ultralytics.cfg import DEFAULT_CFG_DICT
-
-        gains.update({k: float(DEFAULT_CFG_DICT[k]) for k in gains if k in DEFAULT_CFG_DICT})
-    except ImportError:
-        pass
-    args = getattr(model, "args", None)
-    get = args.get if isinstance(args, dict) else (lambda k, d: getattr(args, k, d))
-    for k in gains:
-        v = get(k, None)
-        if isinstance(v, (int, float)):
-            gains[k] = float(v)
-    return SimpleNamespace(**gains)
-
-
-def letterbox_meta(h: int, w: int, size: int) -> tuple[float, int, int]:
-    """(scale, pad_x, pad_y) exactly as ``detect.letterbox`` computes them."""
-    scale = min(size / h, size / w)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    return scale, (size - nw) // 2, (size - nh) // 2
-
-
-def _targets(images: torch.Tensor, samples) -> dict[str, torch.Tensor]:
-    """Sample xyxy boxes (original pixels) -> Ultralytics batch dict (normalised xywh on the input)."""
-    H, W = images.shape[-2:]
-    idx, cls, boxes = [], [], []
-    for i, s in enumerate(samples):
-        if s.boxes is None or len(s.boxes) == 0:
-            continue
-        h, w = s.image.shape[:2]
-        scale, px, py = letterbox_meta(h, w, int(W))
-        b = np.asarray(s.boxes, np.float32) * scale + np.array([px, py, px, py], np.float32)
-        xywh = np.stack([(b[:, 0] + b[:, 2]) / 2 / W, (b[:, 1] + b[:, 3]) / 2 / H,
-                         (b[:, 2] - b[:, 0]) / W, (b[:, 3] - b[:, 1]) / H], 1)
-        boxes.append(xywh)
-        cls.append(np.asarray(s.classes, np.float32).reshape(-1))
-        idx.append(np.full(len(b), i, np.float32))
-    dev = images.device
-    if not boxes:
-        z = torch.zeros(0, device=dev)
-        return {"batch_idx": z, "cls": z.view(0, 1), "bboxes": torch.zeros(0, 4, device=dev)}
-    return {"batch_idx": torch.from_numpy(np.concatenate(idx)).to(dev),
-            "cls": torch.from_numpy(np.concatenate(cls)).view(-1, 1).to(dev),
-            "bboxes": torch.from_numpy(np.concatenate(boxes)).to(dev)}
 
 
 def _plain(obj):

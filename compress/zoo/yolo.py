@@ -15,11 +15,9 @@ checkpoint is the adapter's ``weights_only`` dict plus how it was produced
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -34,33 +32,6 @@ def default_out(cfg: str) -> Path:
     return WEIGHTS / f"{Path(cfg).stem}-digits.pt"
 
 
-def _decode_end2end(output: torch.Tensor, metas, conf: float):
-    """``(B, K, 6)`` = x1, y1, x2, y2, score, class in input pixels -> Detections in original pixels (no NMS)."""
-    from compress.types import Detections
-
-    results = []
-    for pred, meta in zip(output.detach().float().cpu(), metas):
-        pred = pred[pred[:, 4] >= conf]
-        boxes = pred[:, :4].clone()
-        boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - meta.pad_x) / meta.scale).clamp(0, meta.width)
-        boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - meta.pad_y) / meta.scale).clamp(0, meta.height)
-        results.append(Detections(boxes.numpy().astype(np.float32), pred[:, 4].numpy().astype(np.float32),
-                                  pred[:, 5].numpy().astype(np.int64)))
-    return results
-
-
-@contextlib.contextmanager
-def _one2one(model):
-    """Eval forward through an end-to-end head's one-to-one branch: ``(B, max_det, 6)``, no NMS needed."""
-    head = model.model[-1]
-    old = head.end2end
-    head.end2end = True
-    try:
-        yield
-    finally:
-        head.end2end = old
-
-
 def has_one2one(model) -> bool:
     """True for end-to-end (NMS-free) heads: YOLOv10, YOLO26."""
     return getattr(model.model[-1], "one2one_cv2", None) is not None
@@ -69,23 +40,25 @@ def has_one2one(model) -> bool:
 def evaluate(adapter, model, samples, batch: int = 32, conf: float = 0.001, one2one: bool = False) -> dict:
     """COCO mAP50 / mAP50-95 of ``model`` on labelled samples (torch, eval mode).
 
-    ``one2one``: score an end-to-end head's one-to-one branch (top-``max_det``, no NMS)
-    instead of the adapter's output.
+    ``one2one``: score an end-to-end head's one-to-one branch (top-``max_det``, no NMS; the
+    adapter's ``export.end2end`` output) instead of its default output.
     """
     from compress.metrics.detection import coco_map
     from compress.types import Detections
 
     model.eval()
+    was = adapter.end2end
+    if one2one:
+        adapter.set_end2end(model, True)
     preds = []
-    with torch.no_grad(), (_one2one(model) if one2one else contextlib.nullcontext()):
-        for i in range(0, len(samples), batch):
-            chunk = samples[i:i + batch]
-            x, metas = adapter.preprocess([s.image for s in chunk])
-            if one2one:
-                out = model(x)
-                preds.extend(_decode_end2end(out[0] if isinstance(out, (tuple, list)) else out, metas, conf))
-            else:
+    try:
+        with torch.no_grad():
+            for i in range(0, len(samples), batch):
+                chunk = samples[i:i + batch]
+                x, metas = adapter.preprocess([s.image for s in chunk])
                 preds.extend(adapter.decode(adapter.forward(model, x), metas, conf))
+    finally:
+        adapter.set_end2end(model, was)
     truths = [Detections(np.asarray(s.boxes, np.float32).reshape(-1, 4), np.ones(len(s.boxes), np.float32),
                          np.asarray(s.classes, np.int64)) for s in samples]
     return coco_map(preds, truths, num_classes=len(adapter.class_names))
@@ -93,13 +66,9 @@ def evaluate(adapter, model, samples, batch: int = 32, conf: float = 0.001, one2
 
 def ultralytics_criterion(model, epochs: int = VIRTUAL_EPOCHS):
     """The detection loss Ultralytics' ``DetectionModel.init_criterion`` picks for ``model`` (hyp from its defaults)."""
-    from compress.models.ultralytics import _loss_hyp
+    from compress.models.ultralytics_loss import criterion
 
-    hyp = _loss_hyp(model)
-    hyp.epochs = epochs
-    # init_criterion only reads .args, .model and .parameters(): a view keeps model.args untouched
-    view = SimpleNamespace(args=hyp, model=model.model, parameters=model.parameters)
-    return type(model).init_criterion(view)
+    return criterion(model, epochs)
 
 
 def train_yolo_digits(cfg: str = "yolov8n.yaml", out: str | Path | None = None, imgsz: int = 128,
@@ -112,7 +81,8 @@ def train_yolo_digits(cfg: str = "yolov8n.yaml", out: str | Path | None = None, 
     """
     from compress.data import builtin_dataset
     from compress.data.digits_det import CLASS_NAMES, DigitsDetGenerator
-    from compress.models.ultralytics import UltralyticsAdapter, _targets
+    from compress.models.ultralytics import UltralyticsAdapter
+    from compress.models.ultralytics_loss import targets
     from compress.offline import import_ultralytics
     from compress.recipe import ModelSpec
 
@@ -144,7 +114,7 @@ def train_yolo_digits(cfg: str = "yolov8n.yaml", out: str | Path | None = None, 
         samples = [gen.sample(rng) for _ in range(batch)]
         x, _ = adapter.preprocess([s.image for s in samples])
         model.train()
-        loss = criterion(model(x), _targets(x, samples))[0].sum() / batch
+        loss = criterion(model(x), targets(x, samples))[0].sum() / batch
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
