@@ -16,7 +16,7 @@ venv: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.14.1 torchvision==0.29.1
-	$(PIP) -e '.[dev,yolo,openvino,ncnn]'
+	$(PIP) -e '.[dev,yolo,openvino,ncnn,search,ray]'
 	touch $(STAMP)
 
 demo: venv
