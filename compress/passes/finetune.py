@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -240,13 +240,15 @@ def _progress(ctx: "Context", total: int, label: str):
 
 
 def run_finetune(model: "nn.Module", ctx: "Context", cfg: BaseModel, *, fake_quant: bool = False,
-                 report: dict | None = None, label: str = "finetune") -> "nn.Module":
+                 report: dict | None = None, label: str = "finetune",
+                 on_step: "Callable[[int, int, int], None] | None" = None) -> "nn.Module":
     """Fine-tune ``model`` in place and return it (on its original device, eval mode).
 
     ``cfg`` is a :class:`FinetuneConfig` (or a config embedding its fields). With
     ``fake_quant=True`` (QAT) observers are disabled and BatchNorm statistics frozen
     after ``cfg.freeze_observers`` of the steps. Statistics (loss before/after, steps,
-    seconds, lr, loss kind) are written into ``report`` when given.
+    seconds, lr, loss kind) are written into ``report`` when given. ``on_step(step, total,
+    steps_per_epoch)`` is called right after every optimiser step (e.g. to re-apply pruning masks).
     """
     import torch
 
@@ -306,6 +308,8 @@ def run_finetune(model: "nn.Module", ctx: "Context", cfg: BaseModel, *, fake_qua
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
+            if on_step is not None:
+                on_step(step, total, batches.per_epoch())
             sched.step()
             losses.append(float(loss.detach()))
             advance()

@@ -7,6 +7,10 @@ chooses what to remove. Criteria: ``l1`` / ``l2`` filter norms, ``fmap_cluster``
 
 ``steps: N`` reaches ``ratio`` over N rounds on a linear schedule, each round followed by
 the ``finetune`` config (if given); ``steps: 1`` without ``finetune`` is one-shot pruning.
+``schedule: gradual`` (with ``finetune``) is gradual soft filter pruning: during the one
+fine-tune the channels the one-shot plan would remove at a rising (cubic, Zhu & Gupta)
+ratio are zeroed, masks held after every step, and exactly those channels are removed at
+the end (``compress.pruning.gradual``).
 The adapter's ``rewrite_for_pruning`` runs first and its ``protected_layers`` (detection
 head outputs, a classifier's last layer) always keep their channels.
 """
@@ -16,11 +20,12 @@ from __future__ import annotations
 import time
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from compress.errors import PassError
 from compress.passes.base import Pass, PassConfig, register
 from compress.passes.finetune import FinetuneConfig
+from compress.pruning.gradual import GRADUAL_ERRORS, GradualConfig
 
 Ratio = Annotated[float, Field(gt=0, lt=1)]
 
@@ -45,6 +50,22 @@ class StructuredPrune(Pass):
         calib_samples: int = Field(default=64, ge=1, le=100_000)  # images for fmap_cluster statistics
         conf: float = Field(default=0.25, gt=0, lt=1)  # fmap_cluster without labels: detection threshold
         n_init: int = Field(default=5, ge=1, le=100)  # fmap_cluster: KMeans restarts (best inertia kept)
+        schedule: Literal["oneshot", "gradual"] = "oneshot"  # gradual: ratio rises during the finetune
+        gradual: GradualConfig | None = None  # begin / end / update_every / initial (schedule: gradual)
+
+        @model_validator(mode="after")
+        def _gradual(self):
+            if self.schedule == "oneshot":
+                if self.gradual is not None:
+                    raise ValueError(GRADUAL_ERRORS["stray"])
+                return self
+            if self.finetune is None:
+                raise ValueError(GRADUAL_ERRORS["needs_finetune"])
+            if self.steps > 1:
+                raise ValueError(GRADUAL_ERRORS["steps"])
+            if self.criterion not in ("l1", "l2"):
+                raise ValueError(f"schedule 'gradual' ranks channels by l1 or l2 (got criterion '{self.criterion}')")
+            return self
 
     def __init__(self, config):
         super().__init__(config)
@@ -88,12 +109,21 @@ class StructuredPrune(Pass):
             self._boxes = self._fmap_data(ctx)
         # dry run on a copy: traces the graph, resolves patterns, and refuses a ratio that would
         # empty a layer (exact for one-shot l1/l2/random; fmap_cluster is tried with l2 here)
-        trial = ctx.adapter.rewrite_for_pruning(copy.deepcopy(model))
-        criterion = "l2" if cfg.criterion == "fmap_cluster" else cfg.criterion
-        pruner = self._pruner(trial, ctx, criterion, steps=1)
+        from compress.errors import CompressError
         from compress.pruning.surgery import prune_round
 
-        if not prune_round(pruner, self.label, f" at ratio {cfg.ratio}"):
+        trial = ctx.adapter.rewrite_for_pruning(copy.deepcopy(model))
+        criterion = "l2" if cfg.criterion == "fmap_cluster" else cfg.criterion
+        try:
+            pruner = self._pruner(trial, ctx, criterion, steps=1)
+            pruned = prune_round(pruner, self.label, f" at ratio {cfg.ratio}")
+        except CompressError:
+            raise
+        except Exception as e:  # torch-pruning could not follow the graph: refuse before the model is touched
+            raise PassError(f"{self.label}: torch-pruning cannot prune this model ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}); list the blocks it cannot follow "
+                            "under ignore") from None
+        if not pruned:
             raise PassError(f"{self.label}: nothing to prune at ratio {cfg.ratio} (every layer is ignored, "
                             f"protected or too narrow for round_to {cfg.round_to})")
 
@@ -158,6 +188,38 @@ class StructuredPrune(Pass):
                              + ", ".join(f"{n} {k}" for k, n in reasons.items()) + " (see the coverage table).")
         return cov
 
+    def _gradual(self, model, ctx, pruner):
+        """Soft filter pruning during one fine-tune, then surgery removing exactly the masked channels."""
+        import torch
+
+        from compress.passes.finetune import run_finetune
+        from compress.pruning.gradual import ChannelMasks, GradualRun, max_abs_diff
+        from compress.pruning.surgery import _cap
+
+        cfg = self.config
+        gcfg = cfg.gradual or GradualConfig()
+        cap = _cap if cfg.scope == "global" and cfg.max_layer_ratio < 1 else None
+        masks = ChannelMasks(pruner, initial=gcfg.initial, cap=cap)
+        run = GradualRun(model, masks, gcfg)
+        ft: dict = {}
+        model = run_finetune(model, ctx, cfg.finetune, report=ft, label=f"{self.label} finetune (gradual)",
+                             on_step=run)
+        run.finish()
+        model.eval()
+        example = ctx.adapter.example_input(1)
+        ts = time.perf_counter()
+        with torch.no_grad():
+            masked = model(example)
+            groups = masks.remove()
+            diff = max_abs_diff(masked, model(example))
+        out = run.report()
+        out.update({"groups_removed": groups, "surgery_max_abs_diff": diff, "finetune": ft,
+                    "prune_seconds": round(time.perf_counter() - ts, 2)})
+        if not diff <= 1e-4:
+            ctx.notes.append(f"{self.label}: removing the masked channels changed the output by {diff:.3g} "
+                             "(expected 0): a masked channel was not removed or a removed one was live.")
+        return model, out
+
     def apply(self, model, ctx):
         import torch
 
@@ -176,7 +238,10 @@ class StructuredPrune(Pass):
         pruner = self._pruner(model, ctx, cfg.criterion, steps=cfg.steps)
         plan = self._plan(model, ctx, pruner)
         rounds, prune_s = [], 0.0
-        for step in range(cfg.steps):
+        if cfg.schedule == "gradual":
+            model, gradual = self._gradual(model, ctx, pruner)
+            prune_s = gradual.pop("prune_seconds")
+        for step in range(cfg.steps if cfg.schedule == "oneshot" else 0):
             ts = time.perf_counter()
             if cfg.criterion == "fmap_cluster":
                 self._refresh_stats(pruner, model, ctx)
@@ -203,7 +268,10 @@ class StructuredPrune(Pass):
             "coverage": self._coverage(model, ctx, ch0, plan),
             "prune_seconds": round(prune_s, 2), "seconds": round(time.perf_counter() - t0, 2),
         })
-        if cfg.steps > 1 or cfg.finetune is not None:
+        if cfg.schedule == "gradual":
+            sec["schedule"] = "gradual"
+            sec["gradual"] = gradual
+        elif cfg.steps > 1 or cfg.finetune is not None:
             sec["rounds"] = rounds
         if cfg.criterion == "fmap_cluster":
             sec["fmap_boxes"] = self._boxes[1].origin

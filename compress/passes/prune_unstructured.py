@@ -8,6 +8,10 @@ output filters per layer with ``ln_structured`` (n=1 or 2). For single weights t
 l2 norms rank identically (|w| vs w^2), so ``norm`` only matters for ``channel``.
 Masks are made permanent (``prune.remove``) before the model is returned.
 
+With ``finetune`` the masks are held during the fine-tune (re-applied after every optimiser
+step); ``schedule: gradual`` instead raises every target's amount from ``gradual.initial``
+on Zhu & Gupta's cubic curve during the fine-tune (``compress.pruning.gradual``).
+
 Zeros shrink only a compressed (zipped) file; dense kernels still multiply them, so the
 report labels this section ``size_only`` and the runner adds the measured latency ratio.
 """
@@ -20,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from compress.errors import PassError
 from compress.passes.base import Pass, PassConfig, register
+from compress.passes.finetune import FinetuneConfig
+from compress.pruning.gradual import GRADUAL_ERRORS, GradualConfig
 
 if TYPE_CHECKING:  # torch is imported when the pass runs, not when a recipe is validated
     from torch import nn
@@ -54,6 +60,9 @@ class UnstructuredPrune(Pass):
         targets: list[Target] | None = None  # default: every Conv / Linear (+ BatchNorm with include_bn)
         include_bn: bool = False  # BatchNorm scales may be pruned too
         prune_protected: bool = False  # also prune the adapter's protected layers (e.g. the head)
+        finetune: FinetuneConfig | None = None  # recovery with the masks held after every step
+        schedule: Literal["oneshot", "gradual"] = "oneshot"  # gradual: sparsity rises during the finetune
+        gradual: GradualConfig | None = None  # begin / end / update_every / initial (schedule: gradual)
 
         @field_validator("targets", mode="before")
         @classmethod
@@ -66,6 +75,10 @@ class UnstructuredPrune(Pass):
         def _combo(self):
             if self.scope == "global" and self.granularity == "channel":
                 raise ValueError("scope 'global' works on single weights; use granularity 'element'")
+            if self.schedule == "oneshot" and self.gradual is not None:
+                raise ValueError(GRADUAL_ERRORS["stray"])
+            if self.schedule == "gradual" and self.finetune is None:
+                raise ValueError(GRADUAL_ERRORS["needs_finetune"])
             return self
 
         def target_list(self) -> list[Target]:
@@ -96,6 +109,48 @@ class UnstructuredPrune(Pass):
 
     def check(self, model, ctx):
         self.plan(model, ctx)
+        if self.config.finetune is not None:
+            from compress.passes.finetune import check_finetune
+
+            check_finetune(ctx, self.config.finetune, f"{self.label}.finetune")
+
+    def _finetune(self, model, ctx, plan) -> tuple:
+        """Prune during (gradual) or before (oneshot) a fine-tune that holds the masks."""
+        from compress.passes.finetune import run_finetune
+        from compress.pruning.gradual import GradualRun, WeightMasks
+
+        cfg = self.config
+        gcfg = (cfg.gradual or GradualConfig()) if cfg.schedule == "gradual" else None
+        masks = WeightMasks(plan, scope=cfg.scope, granularity=cfg.granularity, norm=cfg.norm,
+                            initial=gcfg.initial if gcfg else 0.0)
+        if gcfg is None:
+            masks.update(1.0)
+        run = GradualRun(model, masks, gcfg)
+        ft: dict = {}
+        model = run_finetune(model, ctx, cfg.finetune, report=ft, label=f"{self.label} finetune", on_step=run)
+        run.finish()
+        masks.remove()
+        return model, {**run.report(), "finetune": ft}
+
+    def _per_target(self, model, ctx) -> list[dict]:
+        """Configured vs reached sparsity per target entry (over the layers it finally owns)."""
+        from compress.pruning.targets import select
+
+        cfg = self.config
+        plan = self.plan(model, ctx)
+        owner: dict[str, int] = {}
+        for i, t in enumerate(cfg.target_list()):  # later entries override earlier ones, as in plan()
+            for n, _ in select(model, t.match, _weighted_types(cfg.include_bn)):
+                if n in plan:
+                    owner[n] = i
+        rows = []
+        for i, t in enumerate(cfg.target_list()):
+            mods = [plan[n][0] for n, j in owner.items() if j == i]
+            total = sum(m.weight.numel() for m in mods)
+            zeros = sum(int((m.weight == 0).sum()) for m in mods)
+            rows.append({"match": t.match, "amount": t.amount if t.amount is not None else cfg.amount,
+                         "layers": len(mods), "sparsity": round(zeros / total, 4) if total else None})
+        return rows
 
     def apply(self, model, ctx):
         import torch.nn.utils.prune as prune
@@ -104,7 +159,10 @@ class UnstructuredPrune(Pass):
 
         cfg = self.config
         plan = self.plan(model, ctx)
-        if cfg.scope == "global":
+        extra = {}
+        if cfg.finetune is not None:
+            model, extra = self._finetune(model, ctx, plan)
+        elif cfg.scope == "global":
             by_amount: dict[float, list[nn.Module]] = {}
             for m, amount in plan.values():
                 by_amount.setdefault(amount, []).append(m)
@@ -117,8 +175,9 @@ class UnstructuredPrune(Pass):
                     prune.ln_structured(m, "weight", amount=amount, n=1 if cfg.norm == "l1" else 2, dim=0)
                 else:
                     prune.l1_unstructured(m, "weight", amount=amount)
-        for m, _ in plan.values():
-            prune.remove(m, "weight")
+        if cfg.finetune is None:
+            for m, _ in plan.values():
+                prune.remove(m, "weight")
 
         zeros = sum(int((m.weight == 0).sum()) for m, _ in plan.values())
         total = sum(m.weight.numel() for m, _ in plan.values())
@@ -132,6 +191,9 @@ class UnstructuredPrune(Pass):
             "conv2d": {k: round(v, 4) for k, v in sp["conv2d"].items()},
             "batchnorm2d": {k: round(v, 4) for k, v in sp["batchnorm2d"].items()},
         })
+        if cfg.finetune is not None:
+            sec["targets"] = self._per_target(model, ctx)
+            sec.update(extra)
         ctx.notes.append(f"{self.label}: {sec['targeted_sparsity']:.0%} of the targeted weights are zero "
                          f"({sec['overall_sparsity']:.0%} of all parameters); this saves size only after "
                          "compression -- dense kernels do not skip zeros, so expect no speed-up.")
