@@ -56,3 +56,20 @@ def test_classification_metrics():
     assert np.allclose(cm.softmax(ref).sum(1), 1.0)
     with pytest.raises(ValueError):
         cm.top1_agreement(ref, ref[:2])
+
+
+def test_macs_do_not_change_when_activations_are_swapped(capsys):
+    """torch-pruning's counter counts ReLU elements but not SiLU: activations are left out of MACs."""
+    from torch import nn
+
+    from compress.metrics.size import count_macs
+
+    act = nn.SiLU()  # shared, as Ultralytics' Conv.default_act
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), act, nn.Conv2d(8, 8, 3), act)
+    x = torch.zeros(1, 3, 16, 16)
+    conv_macs = 3 * 8 * 9 * 14 * 14 + 8 * 8 * 9 * 12 * 12 + 8 * 14 * 14 + 8 * 12 * 12  # weights + biases
+    silu = count_macs(model, x)
+    relu = nn.ReLU()
+    model[1], model[3] = relu, relu
+    assert count_macs(model, x) == silu == conv_macs
+    assert "already defined" not in capsys.readouterr().out

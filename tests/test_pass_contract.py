@@ -27,6 +27,8 @@ SAMPLES: dict[str, dict] = {
     "finetune": {"steps": 2, "batch_size": 4},
     "prune.structured": {"ratio": 0.5, "calib_samples": 4},
     "prune.unstructured": {"amount": 0.5},
+    "swap.activation": {"replace": ["ReLU"]},  # the tiny models use ReLU, not the default SiLU
+    "swap.module": {"target": "re:res|fuse", "block_steps": 2, "calib_samples": 4},  # tiny models' CBR blocks
 }
 
 

@@ -64,3 +64,50 @@ def test_restore_refuses_a_mismatched_model():
     other = tiny_det()  # not rewritten split-free: names differ
     with pytest.raises(ModelLoadError, match="lacks"):
         restore(other, pruned_info(model))
+
+
+def test_swapped_activations_survive_the_round_trip(tmp_path):
+    """An architecture rebuilt from code (digitdet's config says SiLU) gets the saved activations back."""
+    from torch import nn
+
+    adapter, model = load_model(ModelSpec(builtin="digitdet"))
+    slots = [(m, k) for m in model.modules() for k, c in m._modules.items() if isinstance(c, nn.SiLU)]
+    for m, k in slots:
+        m._modules[k] = nn.LeakyReLU(0.05)
+    x = adapter.example_input(1)
+    path = save_model(adapter, model, tmp_path / "swapped.pt")
+    _, loaded = load_model(ModelSpec(checkpoint=str(path)))
+    leaky = [c for c in loaded.modules() if isinstance(c, nn.LeakyReLU)]
+    assert len(leaky) == len(slots) > 0 and {c.negative_slope for c in leaky} == {0.05}
+    assert not any(isinstance(c, nn.SiLU) for c in loaded.modules())
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def test_restore_refuses_an_unknown_activation_name():
+    adapter, model = load_model(ModelSpec(builtin="digitdet"))
+    info = pruned_info(model)
+    info["activations"] = {next(iter(info["activations"])): "os.system"}
+    with pytest.raises(ModelLoadError, match="unknown activation"):
+        restore(model, info)
+
+
+def test_swapped_blocks_survive_the_round_trip(tmp_path):
+    """Light blocks from compress.blocks are rebuilt from their saved spec, also after pruning."""
+    from compress.blocks import build_block
+    from compress.blocks.instances import replace_at
+
+    adapter, model = load_model(ModelSpec(builtin="digitdet"))
+    model = adapter.rewrite_for_pruning(model)
+    replace_at(model, "c2f4", build_block("elan2", 96, 96, 1, torch.nn.SiLU()))
+    replace_at(model, "c2f5", build_block("dwsep", 96, 96, 1, torch.nn.LeakyReLU(0.1)))
+    x = adapter.example_input(1)
+    path = save_model(adapter, model.eval(), tmp_path / "swapped.pt")
+    _, loaded = load_model(ModelSpec(checkpoint=str(path)))
+    assert type(loaded.c2f4).__name__ == "ELAN2" and type(loaded.c2f5).__name__ == "DWSep"
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    info = torch.load(path, weights_only=True)[KEY]
+    info["blocks"]["c2f4"]["block"] = "no_such_block"
+    with pytest.raises(ModelLoadError, match="c2f4"):
+        restore(load_model(ModelSpec(builtin="digitdet"))[1], info)

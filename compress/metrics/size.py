@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -31,8 +34,14 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
     except StopIteration:
         device = torch.device("cpu")
     x = example_input.to(device) if isinstance(example_input, torch.Tensor) else example_input
-    macs, _ = tp.utils.count_ops_and_params(model, x)
-    return int(macs)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # "__flops__ already defined" for shared activation instances
+        macs, _, per_layer, _ = tp.utils.count_ops_and_params(model, x, layer_wise=True)
+    # the counter adds one op per element for ReLU-like modules but none for SiLU: leave every
+    # activation out, so a swap.activation pass does not change the count
+    acts = sum(int(per_layer.get(m) or 0) for m in {id(m): m for m in model.modules()}.values()
+               if type(m).__module__ == "torch.nn.modules.activation")
+    return int(macs) - acts
 
 
 def file_bytes(path: str | os.PathLike) -> int:

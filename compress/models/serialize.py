@@ -44,6 +44,56 @@ def layer_attributes(model: nn.Module) -> dict[str, dict]:
     return out
 
 
+def activation_types(model: nn.Module) -> dict[str, str]:
+    """``{slot: class name}`` of every ``torch.nn`` activation module, shared instances under each
+    slot (a ``swap.activation`` pass changes them; the architecture code would rebuild the old ones)."""
+    return {name: type(m).__name__ for name, m in model.named_modules(remove_duplicate=False)
+            if name and type(m).__module__ == "torch.nn.modules.activation"}
+
+
+def block_specs(model: nn.Module) -> dict[str, dict]:
+    """``{name: spec}`` of the light blocks a ``swap.module`` pass put in (compress.blocks)."""
+    return {name: dict(m.block_spec) for name, m in model.named_modules()
+            if name and isinstance(getattr(m, "block_spec", None), dict)}
+
+
+def _restore_blocks(model: nn.Module, saved: dict) -> None:
+    """Build the registered light blocks named in ``saved`` where the rebuilt model has the old ones."""
+    import torch.nn.modules.activation as acts
+
+    from compress.blocks import build_block
+    from compress.blocks.instances import replace_at
+
+    for name, spec in sorted(saved.items(), key=lambda kv: kv[0].count(".")):
+        try:
+            act_name = spec.get("act")
+            act_cls = getattr(acts, act_name) if act_name else None
+            if act_cls is not None and not (isinstance(act_cls, type) and issubclass(act_cls, nn.Module)):
+                raise ValueError(f"unknown activation '{act_name}'")
+            new = build_block(str(spec["block"]), int(spec["c1"]), int(spec["c2"]), int(spec["stride"]),
+                              act_cls() if act_cls else None)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ModelLoadError(f"pruned checkpoint: block '{name}' cannot be rebuilt ({e})") from None
+        _owner(model, name)  # a clear error when the rebuilt model lacks the slot
+        replace_at(model, name, new)
+
+
+def _restore_activations(model: nn.Module, saved: dict) -> None:
+    """Put back activation types that differ from the rebuilt model's (torch.nn classes only)."""
+    import torch.nn.modules.activation as acts
+
+    made: dict[tuple[int, str], nn.Module] = {}  # one new module per (old instance, new type): sharing kept
+    for name, m in list(model.named_modules(remove_duplicate=False)):
+        want = saved.get(name)
+        if not name or want is None or type(m).__name__ == want or type(m).__module__ != acts.__name__:
+            continue
+        cls = getattr(acts, want, None)
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise ModelLoadError(f"pruned checkpoint: '{name}' names an unknown activation '{want}'")
+        owner, leaf = _owner(model, name)
+        owner._modules[leaf] = made.setdefault((id(m), want), cls())
+
+
 def pruned_info(model: nn.Module, state_dict: dict | None = None) -> dict:
     """The :data:`KEY` entry of a checkpoint: attributes, tensor shapes and weights.
 
@@ -54,7 +104,7 @@ def pruned_info(model: nn.Module, state_dict: dict | None = None) -> dict:
     if isinstance(state_dict, dict) and state_dict.keys() == sd.keys() and all(
             isinstance(v, torch.Tensor) and v.shape == sd[k].shape for k, v in state_dict.items()):
         sd = state_dict
-    return {"format": FORMAT, "attributes": layer_attributes(model),
+    return {"format": FORMAT, "blocks": block_specs(model), "activations": activation_types(model), "attributes": layer_attributes(model),
             "shapes": {k: list(v.shape) for k, v in sd.items()}, "state_dict": sd}
 
 
@@ -81,6 +131,10 @@ def restore(model: nn.Module, info: dict) -> nn.Module:
     """Give a freshly built base ``model`` the pruned shapes and weights in ``info``."""
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise ModelLoadError(f"pruned checkpoint: unsupported format {info.get('format') if isinstance(info, dict) else info!r}")
+    if isinstance(info.get("blocks"), dict) and info["blocks"]:
+        _restore_blocks(model, info["blocks"])
+    if isinstance(info.get("activations"), dict):
+        _restore_activations(model, info["activations"])
     for name, attrs in info["attributes"].items():
         try:
             module = model.get_submodule(name) if name else model

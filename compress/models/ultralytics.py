@@ -225,13 +225,16 @@ def _from_project_dict(ckpt: dict, spec) -> tuple[nn.Module, dict]:
         rewrite_split_blocks(model)
     if ckpt.get("fused"):
         model.fuse(verbose=False)
+    info = {"class_names": ckpt.get("class_names"), "imgsz": ckpt.get("imgsz")}
+    if ckpt.get("state_dict") is None:  # architecture only: compress.models.serialize restores the rest
+        return model, info
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
     resize_to_state_dict(model, state, ckpt.get("groups"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         what = f"missing key '{missing[0]}'" if missing else f"unexpected key '{unexpected[0]}'"
         raise ModelLoadError(f"{where}: state_dict does not fit its model yaml ({what})")
-    return model, {"class_names": ckpt.get("class_names"), "imgsz": ckpt.get("imgsz")}
+    return model, info
 
 
 def _from_ultralytics_pickle(ckpt, spec) -> tuple[nn.Module, dict]:

@@ -21,6 +21,8 @@ _BUILTIN = [
     "compress.passes.quantize_ptq",
     "compress.passes.quantize_dynamic",
     "compress.passes.quantize_qat",
+    "compress.passes.swap_activation",
+    "compress.passes.swap_module",
 ]
 
 
