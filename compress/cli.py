@@ -76,8 +76,14 @@ def cmd_sweep(args) -> int:
     grid = parse_grid(args.overrides)
     out = Path(args.out or Path("runs") / f"{recipe.name}-sweep")
     threads = [f"benchmark.threads={args.threads}"] if args.threads else []  # torch and ONNX Runtime, every point
+    from functools import partial
+
+    from compress.executors import check_executor, get_executor
+
+    check_executor(args.executor, address=args.ray_address, workers=args.workers)  # flags fail before any work
+    executor = partial(get_executor, args.executor, address=args.ray_address, workers=args.workers)
     rows = sweep(args.recipe, grid, out, force=args.force, quiet=args.quiet, base_overrides=threads, raw=raw,
-                 trust_checkpoint=args.trust_checkpoint)
+                 trust_checkpoint=args.trust_checkpoint, executor=executor)  # started only if a point must run
     failed = [r for r in rows if r.get("error")]
     if rows and len(failed) == len(rows):
         print(f"compress: sweep: no point succeeded ({len(rows)} failed; first: {failed[0]['point']}: "
@@ -85,6 +91,12 @@ def cmd_sweep(args) -> int:
         return EXIT_FIDELITY
     print(f"sweep: {out / 'sweep.md'}" + (f" ({len(failed)} of {len(rows)} points failed)" if failed else ""))
     return EXIT_OK
+
+
+def cmd_search(args) -> int:
+    from compress.search.cli import run_search
+
+    return run_search(args)
 
 
 def cmd_check(args) -> int:
@@ -129,6 +141,36 @@ def _write_check_report(out, force, report, result, adapter, args) -> None:
         write_report(tmp, report)
 
 
+def _latency_table(args) -> int:
+    """``compress profile MODEL-or-RECIPE --latency-table``: build (or load from the cache) and print it."""
+    from compress.models import load_model
+    from compress.recipe import ModelSpec
+    from compress.runtime.threads import torch_threads
+    from compress.search.latency_table import cache_file, cached_table, format_table
+
+    if str(args.model).endswith((".yaml", ".yml")):  # a recipe: its model
+        from compress import recipe as R
+
+        spec = R.validate(R.read_yaml(args.model), source=args.model).model
+        if getattr(args, "imgsz", None):
+            spec = spec.model_copy(update={"imgsz": args.imgsz})
+    else:
+        spec = ModelSpec(**_model_spec(args))
+    try:
+        widths = [float(w) for w in str(args.widths).split(",") if w.strip()]
+    except ValueError:
+        raise CompressError(f"--widths: expected numbers separated by commas (got {args.widths!r})") from None
+    threads = args.threads or 1
+    say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    with torch_threads(threads):
+        adapter, model = load_model(spec, trust_checkpoint=args.trust_checkpoint)
+        table, cached = cached_table(model, adapter, threads=threads, fmt="int8" if args.int8 else "fp32",
+                                     refresh=args.refresh, widths=widths, runs=args.runs, progress=say)
+    print(format_table(table, top=args.top))
+    print(f"({'loaded from' if cached else 'measured now and saved to'} {cache_file(table.key)})")
+    return EXIT_OK
+
+
 def cmd_profile(args) -> int:
     from compress.models import load_model
     from compress.recipe import ModelSpec
@@ -136,7 +178,19 @@ def cmd_profile(args) -> int:
 
     from compress.runtime.threads import resolve_threads, torch_threads
 
+    if getattr(args, "latency_table", False):  # per-layer latency table (compress.search.latency_table)
+        return _latency_table(args)
     spec = ModelSpec(**_model_spec(args))
+    if getattr(args, "blocks", False):  # per-block old vs light-block table (compress.runtime.blocks)
+        from compress.runtime.blocks import block_table, print_block_table
+
+        threads = args.threads or 1
+        with torch_threads(threads):
+            adapter, model = load_model(spec, trust_checkpoint=args.trust_checkpoint)
+            rows, skipped = block_table(model, adapter, args.to, args.target, runs=args.runs,
+                                        runtime=args.runtime, threads=threads)
+        print_block_table(rows, skipped, threads, args.runs, runtime=args.runtime)
+        return EXIT_OK
     threads = resolve_threads(args.threads)
     with torch_threads(threads):
         adapter, model = load_model(spec, trust_checkpoint=args.trust_checkpoint)
@@ -224,7 +278,8 @@ def cmd_data(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "check": cmd_check, "profile": cmd_profile, "deploy": cmd_deploy,
-            "passes": cmd_passes, "zoo": cmd_zoo, "validate": cmd_validate, "data": cmd_data}
+            "passes": cmd_passes, "zoo": cmd_zoo, "validate": cmd_validate, "data": cmd_data,
+            "search": cmd_search}
 
 
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None):

@@ -40,6 +40,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
 
+def add_executor_args(p: argparse.ArgumentParser) -> None:
+    """--executor / --ray-address / --workers: where the points run (``compress.executors.get_executor``)."""
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: one point after another in this process (default); ray: each point a Ray task")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="connect to an existing Ray cluster (e.g. 10.0.0.5:6379 or ray://host:10001) instead of "
+                        "starting a local one; the output folder must be on a filesystem every node shares")
+    p.add_argument("--workers", type=_bounded(int, 1, 4096), metavar="N",
+                   help="CPUs of the local Ray cluster (default: the physical cores); a point takes --threads of them")
+
+
 def _model_args(p: argparse.ArgumentParser, flag: str = "--model") -> None:
     if flag == "--reference":
         p.add_argument(flag, dest="model", metavar="PATH", required=True,
@@ -117,6 +128,31 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--threads", type=THREADS,
                    help="torch and ONNX Runtime threads (default: benchmark.threads: the physical cores)")
+    add_executor_args(p)
+    _common(p)
+
+    p = sub.add_parser("search", help="find per-layer pruning ratios that meet a latency target (compress.search)")
+    p.add_argument("recipe", help="recipe with one prune.structured pass (and maybe quantize.ptq)")
+    goal = p.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--target-speedup", type=_bounded(float, 1, 1000, lo_open=True), metavar="X",
+                      help="times faster than the fp32 ONNX original (measured, --threads threads)")
+    goal.add_argument("--target-latency-ms", type=_bounded(float, 0, 1e6, lo_open=True), metavar="MS")
+    p.add_argument("--min-agreement", type=float, default=0.90, metavar="A",
+                   help="agreement mAP50 (classifiers: top-1 agreement) the winner must keep (default 0.90)")
+    p.add_argument("--out", metavar="DIR", help="search folder (default runs/<recipe name>-search)")
+    p.add_argument("--seed", type=_bounded(int, 0, 2**32 - 1), default=0, help="Optuna TPE seed")
+    p.add_argument("--budget-min", type=_bounded(float, 0, 100_000, lo_open=True), default=30.0, metavar="MIN",
+                   help="wall-time budget: proposals stop at 30%% of it, later candidates are dropped (default 30)")
+    p.add_argument("--trials", type=_bounded(int, 1, 10_000), default=40, help="proposals scored by prediction")
+    p.add_argument("--candidates", type=_bounded(int, 1, 100), default=3, metavar="K",
+                   help="the best K proposals get a short recovery run (default 3)")
+    p.add_argument("--short-fraction", type=_bounded(float, 0, 1, lo_open=True), default=0.2, metavar="F",
+                   help="short recovery = this share of the recipe's fine-tune steps (default 0.2)")
+    p.add_argument("--table-cache", metavar="DIR", help="latency table cache (default ~/.cache/compress/latency)")
+    p.add_argument("--force", action="store_true", help="recompute proposals (cached runs are still reused)")
+    p.add_argument("--threads", type=THREADS, default=1,
+                   help="threads of the latency table, the measurements and every run (default 1)")
+    add_executor_args(p)
     _common(p)
 
     p = sub.add_parser("check", help="fidelity check of an ONNX model against a reference model")
@@ -137,6 +173,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-checkpoint", action="store_true")
     p.add_argument("--threads", type=THREADS, help="torch and ONNX Runtime threads (default: the physical cores)")
     p.add_argument("--top", type=_bounded(int, 1, 100_000), default=20, help="show the N slowest layers")
+    p.add_argument("--latency-table", action="store_true",
+                   help="the per-layer latency table for compress search: ms per module at uniform widths "
+                        "(cached per model, runtime, threads and CPU; 1 thread unless --threads)")
+    p.add_argument("--int8", action="store_true", help="--latency-table: of the int8 (quantize.ptq) models")
+    p.add_argument("--widths", default="1,0.75,0.5,0.25", metavar="W,W,..",
+                   help="--latency-table: kept fractions of every prunable layer's channels")
+    p.add_argument("--refresh", action="store_true", help="--latency-table: measure again, ignoring the cache")
+    p.add_argument("--blocks", action="store_true",
+                   help="per-block torch CPU time of each block against a light replacement (--to), 1 thread "
+                        "unless --threads")
+    p.add_argument("--to", default="elan2", metavar="BLOCK",
+                   help="--blocks: the light block (elan2, shufflenet, dwsep)")
+    p.add_argument("--target", metavar="PATTERN", help="--blocks: only blocks of this class name or re:pattern "
+                                                        "(default: the model's top-level blocks)")
+    p.add_argument("--imgsz", type=_bounded(int, 8, 8192), metavar="PX",
+                   help="square input size (e.g. 64 for a quick look at a YOLO)")
+    p.add_argument("--runs", type=_bounded(int, 1, 100_000), default=30,
+                   help="timed runs (--blocks: per block, old and new interleaved)")
+    p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
+                   help="--blocks: time the blocks in torch (default) or each exported alone in ONNX Runtime")
     _common(p)
 
     p = sub.add_parser("validate", help="check a recipe (and --set overrides) without loading a model or data")

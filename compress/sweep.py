@@ -11,6 +11,12 @@ resumes where it stopped, and a changed checkpoint or data set at the same path 
 The sweep folder gets ``sweep.csv``, ``sweep.md``, ``sweep.json`` and the plots of
 :mod:`compress.report.plots`.
 
+Each point that is not cached is one task of an executor (:mod:`compress.executors`): ``local``
+runs them one after another in this process, ``ray`` runs them as Ray tasks, each with the
+point's thread count as its CPUs. Rows come back in grid order whatever order the points
+finish in, and each point writes its own folder and cache key, so a killed sweep resumes on
+any executor.
+
 Size and speed ratios follow the report's convention: ``original / compressed`` (above 1
 means smaller or faster). ``quality`` is the true metric when labels exist (mAP50 for
 detectors, top-1 accuracy for classifiers), else the agreement with the original;
@@ -26,10 +32,14 @@ import itertools
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compress.errors import CompressError, RecipeError
+
+if TYPE_CHECKING:
+    from compress.executors import Executor
 
 METRIC_COLUMNS = ["params", "macs", "onnx_bytes", "latency_ms", "params_x", "macs_x", "onnx_bytes_x", "speedup",
                   "agreement_map50", "agreement_map50_95", "top1_agreement", "map50", "accuracy", "quality",
@@ -202,24 +212,69 @@ def _claim(out_dir: Path) -> None:
     mark_output(out_dir)
 
 
+@dataclass(frozen=True)
+class PointJob:
+    """One grid point to run: everything :func:`run_point` needs, picklable (it may travel to a Ray worker)."""
+
+    recipe: Any
+    point_dir: Path
+    key: str
+    force: bool
+    runner: Callable[..., dict] | None = None
+    trust_checkpoint: bool = False
+
+
+def run_point(job: PointJob) -> dict:
+    """Run one point into its folder and record its cache key next to its report; return the report.
+
+    Module-level so an executor can send it to another process; the key is written by the task
+    itself, so a point that finished is cached even if the sweep is killed before it hears back.
+    """
+    runner = job.runner or _default_runner
+    kwargs = {"trust_checkpoint": True} if job.trust_checkpoint else {}
+    report = runner(job.recipe, job.point_dir, force=job.force or job.point_dir.exists(), quiet=True, **kwargs)
+    if (job.point_dir / "report.json").is_file():
+        (job.point_dir / KEY_FILE).write_text(job.key + "\n")
+    return report
+
+
+def _error_text(e: BaseException) -> str:
+    """A failed point's ``error`` cell: a CompressError's first line; anything else names its type."""
+    from compress.executors.base import TaskError
+
+    first = (str(e).splitlines() or [""])[0]
+    if isinstance(e, CompressError):
+        return first or type(e).__name__
+    if isinstance(e, TaskError) and first:  # already "WorkerCrashedError: ..." (what happened on the worker)
+        return f"{first} (unexpected error in this point)"
+    return f"{type(e).__name__}: {first} (unexpected error in this point)" if first else \
+        f"{type(e).__name__} (unexpected error in this point)"
+
+
 def sweep(recipe_path: str | Path, grid: dict[str, Sequence[Any]], out_dir: str | Path, *, force: bool = False,
           base_overrides: Sequence[str] = (), runner: Callable[..., dict] | None = None,
           quiet: bool = False, plots: bool = True, raw: dict | None = None,
-          trust_checkpoint: bool = False) -> list[dict[str, Any]]:
+          trust_checkpoint: bool = False,
+          executor: Executor | Callable[[], Executor] | None = None) -> list[dict[str, Any]]:
     """Run ``recipe_path`` at every point of ``grid``; write sweep.csv/.md/.json and plots into ``out_dir``.
 
     ``base_overrides`` (``key=value``) apply to every point; ``raw`` is the recipe mapping to use
     instead of reading ``recipe_path`` (e.g. with the CLI's --model/--data applied). ``runner(recipe,
-    point_dir, force=, quiet=) -> report`` defaults to :func:`compress.api.run`. No plots are drawn
-    when no point succeeded. A point that fails with a
-    ``CompressError`` gets a row with its ``error`` and the sweep goes on; ``force`` reruns
-    cached points; ``plots=False`` skips the PNGs. Returns the rows (one dict per point, swept keys first).
+    point_dir, force=, quiet=) -> report`` defaults to :func:`compress.api.run`. Every point that is
+    not cached is one task of ``executor``, with the point's ``benchmark.threads`` (default: the
+    physical cores) as its thread count: an :class:`~compress.executors.Executor` the caller closes,
+    or a zero-argument factory called only once every point validated and some point must run (and
+    closed here), or None for the in-process local executor. Rows come back in grid order whatever
+    order the tasks finish in. A point that fails gets a row with its ``error`` and the sweep goes on (a
+    ``CompressError`` as its message, any other exception named by its type). No plots are drawn
+    when no point succeeded; ``force`` reruns cached points; ``plots=False`` skips the PNGs.
+    Returns the rows (one dict per point, swept keys first).
     """
     from compress import recipe as recipe_mod
     from compress.progress import progress
+    from compress.runtime.threads import resolve_threads
 
     out_dir = Path(out_dir)
-    runner = runner or _default_runner
     points = expand(grid)
     # validate every point's recipe before running any, so a typo fails at once
     def resolve(point):
@@ -229,34 +284,50 @@ def sweep(recipe_path: str | Path, grid: dict[str, Sequence[Any]], out_dir: str 
         return recipe_mod.validate(recipe_mod.apply_overrides(raw, sets, source=str(recipe_path)), str(recipe_path))
 
     recipes = [resolve(p) for p in points]
+    names = [point_name(p) for p in points]
     memo: dict = {}
     _claim(out_dir)
-    rows, baseline = [], None
+    reports: list[dict | None] = [None] * len(points)
+    errors: list[str | None] = [None] * len(points)
+    todo: list[tuple[int, PointJob]] = []
+    for i, (name, recipe) in enumerate(zip(names, recipes)):
+        point_dir = out_dir.absolute() / name  # the same folder for a worker in another working directory
+        try:
+            key = input_key(recipe, memo)
+            if not force and (point_dir / "report.json").is_file() and _cached_key(point_dir) == key:
+                reports[i] = json.loads((point_dir / "report.json").read_text())
+            else:
+                todo.append((i, PointJob(recipe, point_dir, key, force, runner, trust_checkpoint)))
+        except CompressError as e:
+            errors[i] = _error_text(e)
     with progress(quiet) as bar:
-        task = bar.add_task("sweep", total=len(points)) if bar is not None else None
-        for point, recipe in zip(points, recipes):
-            name = point_name(point)
-            point_dir = out_dir / name
-            if bar is not None:
-                bar.update(task, description=f"sweep {name}")
-            report_path = point_dir / "report.json"
-            error = None
+        task = bar.add_task("sweep", total=len(points), completed=len(points) - len(todo)) \
+            if bar is not None else None
+        if todo:
+            from compress.executors import Executor
+            from compress.executors.local import LocalExecutor
+
+            own = not isinstance(executor, Executor)
+            if own:
+                executor = LocalExecutor() if executor is None else executor()
             try:
-                key = input_key(recipe, memo)
-                cached = not force and report_path.is_file() and _cached_key(point_dir) == key
-                if cached:
-                    report = json.loads(report_path.read_text())
-                else:
-                    kwargs = {"trust_checkpoint": True} if trust_checkpoint else {}
-                    report = runner(recipe, point_dir, force=force or point_dir.exists(), quiet=True, **kwargs)
-                    if (point_dir / "report.json").is_file():
-                        (point_dir / KEY_FILE).write_text(key + "\n")
-            except CompressError as e:
-                report, error = {}, str(e).splitlines()[0] if str(e) else type(e).__name__
-            baseline = baseline or report.get("original")
-            rows.append({"point": name, **point, **summarize(report), "error": error})
-            if bar is not None:
-                bar.advance(task)
+                threads = [resolve_threads(job.recipe.benchmark.threads) for _, job in todo]
+                for j, result in executor.map(run_point, [job for _, job in todo], threads=threads):
+                    i = todo[j][0]
+                    if isinstance(result, BaseException):
+                        errors[i] = _error_text(result)
+                    else:
+                        reports[i] = result
+                    if bar is not None:
+                        bar.update(task, advance=1, description=f"sweep {names[i]}")
+            finally:
+                if own:
+                    executor.close()
+    rows, baseline = [], None
+    for point, name, report, error in zip(points, names, reports, errors):
+        report = report or {}
+        baseline = baseline or report.get("original")
+        rows.append({"point": name, **point, **summarize(report), "error": error})
     mark_pareto(rows)
     ok = any(not r.get("error") for r in rows)
     write_outputs(rows, list(grid), out_dir, baseline=baseline, recipe=str(recipe_path), plots=plots and ok)

@@ -74,15 +74,31 @@ def layer_costs(model: nn.Module, adapter) -> list[dict]:
 
 def onnx_node_times(onnx_path: str | os.PathLike, threads: int = 2, runs: int = 5) -> dict[str, dict]:
     """``{node name: {"op", "ms"}}``: median kernel time per ONNX Runtime node over ``runs`` runs."""
+    return onnx_node_times_many({"model": onnx_path}, threads=threads, runs=runs)["model"]
+
+
+def onnx_node_times_many(models: dict[str, str | os.PathLike], threads: int = 2,
+                         runs: int = 5) -> dict[str, dict[str, dict]]:
+    """:func:`onnx_node_times` of several models, profiled interleaved (one run of each per round,
+    order rotated) so load on a shared machine hits them alike: ``{name: {node: {"op", "ms"}}}``."""
     from compress.runtime.session import make_session, run
 
     with tempfile.TemporaryDirectory(prefix="compress-prof-") as tmp:
-        sess = make_session(onnx_path, threads=threads, profile=True, profile_prefix=str(Path(tmp) / "ort"))
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in sess.get_inputs()[0].shape]
-        x = np.random.default_rng(0).random(shape, dtype=np.float32)
-        for _ in range(runs + 1):  # the first run is dropped below (allocations, caches)
-            run(sess, x)
-        events = json.loads(Path(sess.end_profiling()).read_text())
+        names = list(models)
+        sessions = {n: make_session(p, threads=threads, profile=True, profile_prefix=str(Path(tmp) / f"ort{i}"))
+                    for i, (n, p) in enumerate(models.items())}
+        inputs = {}
+        for n, sess in sessions.items():
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in sess.get_inputs()[0].shape]
+            inputs[n] = np.random.default_rng(0).random(shape, dtype=np.float32)
+        for r in range(runs + 1):  # the first run is dropped below (allocations, caches)
+            k = r % len(names)
+            for n in names[k:] + names[:k]:
+                run(sessions[n], inputs[n])
+        return {n: _node_times(json.loads(Path(sessions[n].end_profiling()).read_text())) for n in names}
+
+
+def _node_times(events: list[dict]) -> dict[str, dict]:
     durations: dict[str, list[float]] = {}
     ops: dict[str, str] = {}
     for e in events:
@@ -103,6 +119,8 @@ def module_of(node_name: str, module_names: set[str]) -> str | None:
     parent (``/heads.0/cls/cls.0/conv`` is ``heads.0.cls.0.conv``).
     """
     cur = ""
+    if node_name.startswith("fused "):  # ORT names a fused node "fused <first node>" (FusedGemm, FusedConv)
+        node_name = node_name[len("fused "):]
     for part in node_name.strip("/").split("/"):
         segments = cur.split(".") if cur else []
         for k in range(len(segments), -1, -1):  # longest enclosing prefix first
