@@ -17,3 +17,22 @@ def run_with_hooks(model: nn.Module, example: torch.Tensor, hooks: list) -> None
         for h in hooks:
             h.remove()
         model.train(was)
+
+
+def adapter_forward_with_hooks(model: nn.Module, adapter, hooks: list, x: torch.Tensor | None = None) -> None:
+    """One ``adapter.forward`` (eval, no grad) on ``x`` (default: the adapter's example input, on the
+    model's device); then remove ``hooks`` and restore every module's own train/eval mode."""
+    modes = {m: m.training for m in model.modules()}
+    param = next(model.parameters(), None)
+    x = adapter.example_input(1) if x is None else x
+    if param is not None:
+        x = x.to(param.device)
+    try:
+        model.eval()
+        with torch.no_grad():
+            adapter.forward(model, x)
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, training in modes.items():
+            m.train(training)

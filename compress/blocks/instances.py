@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from compress.hooks import adapter_forward_with_hooks
+
 _ACTS = (nn.SiLU, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.GELU, nn.Mish, nn.ELU, nn.PReLU, nn.Tanh,
          nn.Hardtanh, nn.SELU, nn.CELU)
 ULTRALYTICS_ATTRS = ("i", "f", "type")  # graph wiring Ultralytics' DetectionModel reads from each layer
@@ -100,20 +102,7 @@ def probe(model: nn.Module, adapter, instances: list[Instance], x: torch.Tensor 
 
     for inst in instances:
         hooks.append(inst.module.register_forward_hook(hook_for(inst), with_kwargs=True))
-    modes = {m: m.training for m in model.modules()}
-    param = next(model.parameters(), None)
-    x = adapter.example_input(1) if x is None else x
-    if param is not None:
-        x = x.to(param.device)
-    try:
-        model.eval()
-        with torch.no_grad():
-            adapter.forward(model, x)
-    finally:
-        for h in hooks:
-            h.remove()
-        for m, training in modes.items():
-            m.train(training)
+    adapter_forward_with_hooks(model, adapter, hooks, x)
     for inst in instances:
         if inst.calls == 0:
             inst.reason = "the model's forward never calls it"

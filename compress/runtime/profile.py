@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from compress.hooks import adapter_forward_with_hooks
+
 from compress.report.console import print_profile  # noqa: F401  (the CLI prints rows with it)
 
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
@@ -55,20 +57,7 @@ def layer_costs(model: nn.Module, adapter) -> list[dict]:
     for m in model.modules():
         if isinstance(m, _WEIGHTED):
             hooks.append(m.register_forward_hook(hook))
-    modes = {m: m.training for m in model.modules()}
-    param = next(model.parameters(), None)
-    x = adapter.example_input(1)
-    if param is not None:
-        x = x.to(param.device)
-    try:
-        model.eval()
-        with torch.no_grad():
-            adapter.forward(model, x)
-    finally:
-        for h in hooks:
-            h.remove()
-        for m, training in modes.items():
-            m.train(training)
+    adapter_forward_with_hooks(model, adapter, hooks)
     return list(rows.values())
 
 
