@@ -4,7 +4,8 @@
 class, ``layer_ratios`` by layer name, the recipe's ``round_to``/``rounding``), so ``compress run``
 on the written recipe reaches the same widths. :func:`distortion` is the relative squared error
 of the un-recovered copy's raw head outputs (``adapter.distill_outputs``) against the
-original's on a few calibration images: lower means less to recover.
+original's on a few calibration images, after re-estimating the copy's BatchNorm statistics on
+them (adaptive BN, as in EagleEye): lower means less to recover.
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ class Distortion:
         self.norm = sum(float((t ** 2).sum()) for t in self.ref) or 1.0
 
     def __call__(self, model) -> float:
+        """Distortion of ``model`` (a throw-away pruned copy: its BatchNorm statistics are re-estimated
+        on the images first, as EagleEye's adaptive-BN evaluation does. Without that, stale statistics
+        make every heavily pruned copy look equally broken: on yolov8n-digits the raw distortion fell
+        from 0.214 to 0.174 as the uniform ratio rose from 0.3 to 0.7; re-estimated it rises 0.041 to 0.185)."""
+        from compress.models.batchnorm import reestimate_bn
+
+        reestimate_bn(model, self.x)
         with torch.no_grad():
             out = self.adapter.distill_outputs(model.eval(), self.x)
         err = sum(float(((o.float() - r) ** 2).sum()) for o, r in zip(out, self.ref))

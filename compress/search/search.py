@@ -28,6 +28,7 @@ from compress.search.config import SearchConfig
 
 REFRESH_TOLERANCE = 0.15
 PROPOSAL_SHARE = 0.3  # of the wall-time budget, for the proposals
+PROXY_VERSION = 2  # 2: distortion after adaptive BN; cached proposals of another version are scored again
 
 
 class NoCandidate(FidelityFailed):
@@ -359,7 +360,7 @@ def search(recipe_path: str | Path, out_dir: str | Path, cfg: SearchConfig, *, r
         _claim(out_dir)
         # proposals (cached: a resumed search reuses them)
         prop_key = _digest([model_key, cfg.seed, cfg.trials, cfg.stages, cfg.calib_images, round(target_ms, 6),
-                            table.key, getattr(table, "stat", None), space.stages])
+                            table.key, getattr(table, "stat", None), space.stages, PROXY_VERSION])
         prop_path = out_dir / "proposals.json"
         trials, stopped, reused = None, False, False
         try:
