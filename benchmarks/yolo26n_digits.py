@@ -32,9 +32,9 @@ ROWS = [("int8", "int8", False),
         ("prune 50% fp32, SiLU (before int8)", "prune50+int8", True),
         ("prune 50% + int8, SiLU", "prune50+int8", False),
         ("SiLU->ReLU + prune 50% fp32 (before int8)", "prune50 relu+int8", True),
-        ("SiLU->ReLU + prune 50% + int8", "prune50 relu+int8", False),
+        ("**SiLU->ReLU + prune 50% + int8**", "prune50 relu+int8", False),
         ("SiLU->ReLU + prune 40% fp32 (before int8)", "prune40 relu+int8", True),
-        ("**SiLU->ReLU + prune 40% + int8**", "prune40 relu+int8", False)]
+        ("SiLU->ReLU + prune 40% + int8", "prune40 relu+int8", False)]
 
 
 def run_recipe(name: str, out: Path, force: bool) -> dict:
