@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the best K proposals get a short recovery run (default 3)")
     p.add_argument("--short-fraction", type=_bounded(float, 0, 1, lo_open=True), default=0.2, metavar="F",
                    help="short recovery = this share of the recipe's fine-tune steps (default 0.2)")
+    p.add_argument("--margin", type=_bounded(float, 0, 0.5), default=0.1, metavar="F",
+                   help="aim this fraction below the target latency (table error and timing noise; default 0.1)")
     p.add_argument("--table-cache", metavar="DIR", help="latency table cache (default ~/.cache/compress/latency)")
     p.add_argument("--force", action="store_true", help="recompute proposals (cached runs are still reused)")
     p.add_argument("--threads", type=THREADS, default=1,

@@ -17,7 +17,7 @@ def run_search(args) -> int:
     cfg = make_config(target_speedup=args.target_speedup, target_latency_ms=args.target_latency_ms,
                       min_agreement=args.min_agreement, seed=args.seed, budget_min=args.budget_min,
                       trials=args.trials, candidates=args.candidates, threads=args.threads,
-                      short_fraction=args.short_fraction, executor=args.executor, ray_address=args.ray_address,
+                      short_fraction=args.short_fraction, margin=args.margin, executor=args.executor, ray_address=args.ray_address,
                       workers=args.workers)
     raw = R.read_yaml(args.recipe)
     if not isinstance(raw, dict):
