@@ -15,7 +15,8 @@ import yaml
 from compress.cli import main
 from compress.errors import CompressError
 from compress.search.config import make_config
-from compress.search.search import NoCandidate, run_candidate, search
+from compress.search.candidates import run_candidate
+from compress.search.search import NoCandidate, search
 
 RECIPE = {
     "name": "lenet5-search-test",
