@@ -12,21 +12,14 @@ from __future__ import annotations
 
 import importlib
 
+from compress.registry import registrar
+
 _BUILTIN = ["compress.blocks.elan2", "compress.blocks.shufflenet", "compress.blocks.dwsep"]
 _REGISTRY: dict[str, type] = {}
 
 
-def register_block(name: str):
-    """Class decorator: make a block available as ``to: <name>``."""
-
-    def deco(cls):
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"block '{name}' registered twice")
-        cls.block_name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+register_block = registrar(_REGISTRY, "block", "block_name")
+"""``@register_block("name")``: make a block available as ``to: <name>``."""
 
 
 def _load() -> dict[str, type]:

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from compress.registry import registrar
+
 if TYPE_CHECKING:  # pragma: no cover  (torch stays unimported until a pass runs)
     from torch import nn
 
@@ -62,17 +64,8 @@ class Pass:
 _REGISTRY: dict[str, type[Pass]] = {}
 
 
-def register(type_name: str):
-    """Class decorator: make a Pass subclass available to recipes as ``type: <type_name>``."""
-
-    def deco(cls: type[Pass]) -> type[Pass]:
-        if type_name in _REGISTRY and _REGISTRY[type_name] is not cls:
-            raise ValueError(f"pass type '{type_name}' registered twice")
-        cls.type = type_name
-        _REGISTRY[type_name] = cls
-        return cls
-
-    return deco
+register = registrar(_REGISTRY, "pass type", "type")
+"""``@register("family.kind")``: make a Pass subclass available to recipes as ``type: family.kind``."""
 
 
 def registered() -> dict[str, type[Pass]]:

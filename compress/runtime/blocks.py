@@ -61,6 +61,7 @@ def _time_pair_ort(old: nn.Module, new: nn.Module, x: torch.Tensor, runs: int, w
 
 def block_macs(block: nn.Module, x: torch.Tensor) -> int:
     """Multiply-accumulates of one call of ``block`` on ``x`` (its conv and linear layers)."""
+    from compress.hooks import run_with_hooks
     from compress.runtime.profile import _WEIGHTED, _macs
 
     total = [0]
@@ -68,13 +69,7 @@ def block_macs(block: nn.Module, x: torch.Tensor) -> int:
     def hook(module, args, output):
         total[0] += _macs(module, args[0], output)
 
-    hooks = [m.register_forward_hook(hook) for m in block.modules() if isinstance(m, _WEIGHTED)]
-    try:
-        with torch.no_grad():
-            block(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_with_hooks(block, x, [m.register_forward_hook(hook) for m in block.modules() if isinstance(m, _WEIGHTED)])
     return total[0]
 
 
