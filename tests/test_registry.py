@@ -9,6 +9,7 @@ from compress.passes import Pass, get_pass, register
 
 
 def test_a_second_class_under_a_registered_name_is_refused():
+    assert get_pass("finetune") is not None and names()  # the built-in modules are imported
     with pytest.raises(ValueError, match="pass type 'finetune' registered twice"):
         register("finetune")(type("Other", (Pass,), {}))
     with pytest.raises(ValueError, match="block 'elan2' registered twice"):
